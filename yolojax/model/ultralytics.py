@@ -1,0 +1,370 @@
+"""Import of Ultralytics YOLOv8 weights: from a state_dict `.npz`, or from an Ultralytics `.pt` checkpoint.
+
+The `.pt` reader needs neither torch nor ultralytics and executes no pickled code: a restricted unpickler
+rebuilds tensors (storage + offset + size + stride) and the module tree's parameter and buffer names, and
+refuses every other global with a clear error.
+"""
+from __future__ import annotations
+
+import collections
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .spec import DETECT, LAYERS, SCALES, Spec, yolov8_spec
+
+# -- key mapping ----------------------------------------------------------------------------------------
+
+_LEAF = {
+    ("conv", "weight"): ("params", "conv", "kernel"),
+    ("bn", "weight"): ("params", "bn", "scale"),
+    ("bn", "bias"): ("params", "bn", "bias"),
+    ("bn", "running_mean"): ("batch_stats", "bn", "mean"),
+    ("bn", "running_var"): ("batch_stats", "bn", "var"),
+    ("weight",): ("params", "kernel"),
+    ("bias",): ("params", "bias"),
+}
+
+
+def ultralytics_key_to_path(key: str) -> tuple[str, tuple[str, ...]] | None:
+    """`model.2.m.0.cv1.conv.weight` -> ('params', ('model_2','m_0','cv1','conv','kernel')).
+
+    None for entries with no Flax counterpart (num_batches_tracked, the fixed DFL conv).
+    """
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != "model" or not parts[1].isdigit():
+        raise KeyError(f"not an Ultralytics YOLOv8 state_dict key: {key!r}")
+    if parts[-1] == "num_batches_tracked" or parts[2] == "dfl":
+        return None
+    path, rest = [f"model_{parts[1]}"], parts[2:]
+    if int(parts[1]) == DETECT and rest[0] in ("cv2", "cv3", "cv4"):
+        path.append(f"{rest[0]}_{rest[1]}_{rest[2]}")
+        rest = rest[3:]
+    else:
+        while rest and rest[0] in ("cv1", "cv2", "m"):
+            if rest[0] == "m":
+                path.append(f"m_{rest[1]}")
+                rest = rest[2:]
+            else:
+                path.append(rest[0])
+                rest = rest[1:]
+    leaf = _LEAF.get(tuple(rest))
+    if leaf is None:
+        raise KeyError(f"unexpected Ultralytics key {key!r}")
+    return leaf[0], tuple(path) + leaf[1:]
+
+
+def _as_flax(leaf: str, array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    return array.transpose(2, 3, 1, 0) if leaf == "kernel" else array  # OIHW -> HWIO
+
+
+# -- spec inference -------------------------------------------------------------------------------------
+
+def spec_from_state_dict(state: Mapping[str, np.ndarray], *, names=()) -> Spec:
+    """Build the spec (variant, nc, task, every width, C2f splits) from tensor shapes alone.
+
+    Works for pruned models too: widths are read off the weights, not assumed from a scale.
+    """
+    def out_ch(prefix: str) -> int:
+        key = f"{prefix}.conv.weight" if f"{prefix}.conv.weight" in state else f"{prefix}.weight"
+        if key not in state:
+            raise KeyError(f"state_dict has no {key!r}: not a YOLOv8 detection checkpoint")
+        return int(np.shape(state[key])[0])
+
+    widths: dict[str, int] = {}
+    splits: dict[str, tuple[int, int]] = {}
+    for i, kind, _, _, _, _ in LAYERS:
+        u, p = f"model.{i}", f"model_{i}"
+        if kind == "Conv":
+            widths[p] = out_ch(u)
+        elif kind == "SPPF":
+            widths[f"{p}/cv1"], widths[f"{p}/cv2"] = out_ch(f"{u}.cv1"), out_ch(f"{u}.cv2")
+        elif kind == "C2f":
+            cv1 = widths[f"{p}/cv1"] = out_ch(f"{u}.cv1")
+            widths[f"{p}/cv2"] = out_ch(f"{u}.cv2")
+            j = 0
+            while f"{u}.m.{j}.cv1.conv.weight" in state:
+                widths[f"{p}/m_{j}/cv1"] = out_ch(f"{u}.m.{j}.cv1")
+                widths[f"{p}/m_{j}/cv2"] = out_ch(f"{u}.m.{j}.cv2")
+                j += 1
+            if j == 0:
+                raise KeyError(f"{u} has no Bottleneck weights")
+            b = int(np.shape(state[f"{u}.m.0.cv1.conv.weight"])[1])
+            splits[p] = (cv1 - b, b)
+    task = "obb" if f"model.{DETECT}.cv4.0.0.conv.weight" in state else "detect"
+    branches = ("cv2", "cv3", "cv4") if task == "obb" else ("cv2", "cv3")
+    for lvl in range(3):
+        for b in branches:
+            for k in (0, 1):
+                widths[f"model_{DETECT}/{b}_{lvl}_{k}"] = out_ch(f"model.{DETECT}.{b}.{lvl}.{k}")
+    nc = out_ch(f"model.{DETECT}.cv3.0.2")
+    reg_max = out_ch(f"model.{DETECT}.cv2.0.2") // 4
+    variant = _guess_variant(widths, nc, reg_max, task)
+    spec = Spec(variant=variant, nc=nc, reg_max=reg_max, task=task, names=tuple(names),
+                widths=tuple(sorted(widths.items())), splits=tuple(sorted(splits.items())))
+    spec.validate()
+    return spec
+
+
+def _guess_variant(widths: dict, nc: int, reg_max: int, task: str) -> str:
+    """The named scale whose unpruned spec has the same stem width and depths (exact match or closest)."""
+    for v in SCALES:
+        ref = yolov8_spec(v, nc, reg_max=reg_max, task=task)
+        if ref.width_map.keys() == widths.keys() and ref.width("model_0") == widths["model_0"]:
+            return v
+    for v in SCALES:  # pruned: same layer structure (depth) as a scale
+        if yolov8_spec(v, nc, reg_max=reg_max, task=task).width_map.keys() == widths.keys():
+            return v
+    return "custom"
+
+
+# -- import ---------------------------------------------------------------------------------------------
+
+def import_state_dict(spec: Spec | None, state: Mapping[str, np.ndarray], *, strict: bool = True) -> dict:
+    """Ultralytics state_dict (numpy arrays) -> Flax {'params', 'batch_stats'} for `spec`.
+
+    With spec=None the spec is inferred from the shapes (see `spec_from_state_dict`) and returned as
+    `(spec, variables)`. Every variable of the spec must be filled, with the right shape.
+    """
+    from .yolov8 import variable_shapes  # local: keeps this module importable without jax for the reader
+    import jax
+
+    infer = spec is None
+    if infer:
+        spec = spec_from_state_dict(state)
+    expected = variable_shapes(spec)
+    flat_expected = {(c,) + tuple(k.key for k in path): leaf.shape
+                     for c in ("params", "batch_stats")
+                     for path, leaf in jax.tree_util.tree_flatten_with_path(expected[c])[0]}
+    out: dict[tuple, np.ndarray] = {}
+    for key, value in state.items():
+        if key.endswith("dfl.conv.weight"):
+            v = np.asarray(value, np.float32).reshape(-1)
+            if not np.allclose(v, np.arange(v.size)):
+                raise ValueError(f"{key}: the DFL conv must hold arange({v.size}); this is not a YOLOv8 head")
+            continue
+        mapped = ultralytics_key_to_path(key)
+        if mapped is None:
+            continue
+        coll, path = mapped
+        full = (coll,) + path
+        arr = _as_flax(path[-1], value)
+        if full not in flat_expected:
+            if strict:
+                raise KeyError(f"{key} -> {'/'.join(full)} has no counterpart in the {spec.variant} spec")
+            continue
+        if arr.shape != tuple(flat_expected[full]):
+            raise ValueError(f"{key}: shape {tuple(np.shape(value))} (Flax {arr.shape}) does not fit the spec, "
+                             f"which expects {tuple(flat_expected[full])} at {'/'.join(full)}")
+        out[full] = arr
+    missing = sorted(set(flat_expected) - set(out))
+    if missing:
+        raise KeyError(f"state_dict lacks {len(missing)} tensors the spec needs, first: {'/'.join(missing[0])}")
+    variables: dict = {"params": {}, "batch_stats": {}}
+    for full, arr in out.items():
+        node = variables
+        for k in full[:-1]:
+            node = node.setdefault(k, {})
+        node[full[-1]] = arr
+    return (spec, variables) if infer else variables
+
+
+def export_state_dict(spec: Spec, variables: Mapping) -> dict[str, np.ndarray]:
+    """Inverse of `import_state_dict`: Flax variables -> Ultralytics state_dict names (numpy, OIHW)."""
+    import jax
+
+    inv = {(leaf[0],) + leaf[1:]: k for k, leaf in _LEAF.items()}
+    state: dict[str, np.ndarray] = {}
+    for coll in ("params", "batch_stats"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(variables[coll])[0]:
+            keys = [k.key for k in path]
+            i = keys[0].split("_")[1]
+            mods, tail = [], keys[1:]
+            while tail and tail[0] not in ("conv", "bn", "kernel", "bias"):
+                m = tail.pop(0)
+                if m.startswith("m_"):
+                    mods += ["m", m[2:]]
+                elif re.fullmatch(r"cv\d_\d_\d", m):
+                    mods += m.split("_")
+                else:
+                    mods.append(m)
+            ukey = inv[(coll,) + tuple(tail)]
+            arr = np.asarray(leaf, np.float32)
+            if tail[-1] == "kernel":
+                arr = arr.transpose(3, 2, 0, 1)
+            state[".".join(["model", i] + mods + list(ukey))] = arr
+    state[f"model.{DETECT}.dfl.conv.weight"] = np.arange(spec.reg_max, dtype=np.float32).reshape(1, -1, 1, 1)
+    return state
+
+
+def load_npz_state(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k.startswith("model.")}
+
+
+# -- the restricted .pt reader --------------------------------------------------------------------------
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint's pickle asked for something other than tensors and module trees."""
+
+
+_STORAGE_DTYPES = {
+    "HalfStorage": np.float16, "FloatStorage": np.float32, "DoubleStorage": np.float64,
+    "BFloat16Storage": None, "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+_TORCH_DTYPES = {"float16": np.float16, "half": np.float16, "float32": np.float32, "float": np.float32,
+                 "float64": np.float64, "int64": np.int64, "long": np.int64, "int32": np.int32,
+                 "uint8": np.uint8, "int8": np.int8, "bool": np.bool_, "bfloat16": None}
+# Module classes from these packages are rebuilt as inert records of their attributes.
+_MODULE_PREFIXES = ("ultralytics.nn.", "torch.nn.modules.")
+# Plain containers used in Ultralytics checkpoints' metadata.
+_RECORD_GLOBALS = {("ultralytics.utils", "IterableSimpleNamespace"), ("types", "SimpleNamespace"),
+                   ("argparse", "Namespace")}
+
+
+class _Record:
+    """Inert stand-in for a pickled object (an nn.Module, a namespace): its state, nothing else."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+_record_types: dict[tuple[str, str], type] = {}
+
+
+def _record_type(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _record_types:
+        _record_types[key] = type(name, (_Record,), {"_qualname": f"{module}.{name}"})
+    return _record_types[key]
+
+
+class _StorageType:
+    def __init__(self, name: str, dtype):
+        self.name, self.dtype = name, dtype
+
+
+def _rebuild_tensor(storage, offset, size, stride, *args, **kwargs):
+    array, dtype = storage
+    itemsize = np.dtype(dtype).itemsize
+    if not size:
+        return np.array(array[offset], dtype=dtype)
+    view = np.lib.stride_tricks.as_strided(array[offset:], shape=tuple(size),
+                                           strides=tuple(s * itemsize for s in stride))
+    return np.array(view, dtype=dtype)  # copy: no aliasing of the storage buffer
+
+
+def _rebuild_parameter(data, *args, **kwargs):
+    return data
+
+
+def _numpy_scalar(dtype, data=None):
+    return np.frombuffer(data, dtype=dtype)[0] if data is not None else np.zeros((), dtype)
+
+
+_SAFE_FUNCTIONS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set, ("__builtin__", "set"): set,
+    ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+    ("torch", "Size"): tuple,
+    ("pathlib", "PosixPath"): str, ("pathlib", "WindowsPath"): str, ("pathlib", "Path"): str,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar, ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, zf: zipfile.ZipFile, prefix: str, source: str):
+        super().__init__(file)
+        self._zf, self._prefix, self._source = zf, prefix, source
+        self._storages: dict[str, np.ndarray] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_FUNCTIONS:
+            return _SAFE_FUNCTIONS[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name, _STORAGE_DTYPES[name])
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _TORCH_DTYPES[name]
+        if module.startswith(_MODULE_PREFIXES) or (module, name) in _RECORD_GLOBALS:
+            return _record_type(module, name)
+        raise UnsafeCheckpointError(
+            f"{self._source}: refusing to load global '{module}.{name}': an Ultralytics checkpoint holds only "
+            f"tensors and module trees, so this file may run code when unpickled. It was not executed.")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise UnsafeCheckpointError(f"{self._source}: unexpected persistent id {pid!r}")
+        _, storage_type, key, _location, _numel = pid[:5]
+        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else storage_type
+        if dtype is None:
+            raise ValueError(f"{self._source}: bfloat16 tensors are not supported by the reader")
+        if key not in self._storages:
+            raw = self._zf.read(f"{self._prefix}data/{key}")
+            self._storages[key] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+        return self._storages[key], dtype
+
+
+def read_pt(path: str | Path) -> dict:
+    """Unpickle an Ultralytics `.pt` safely. Returns the checkpoint dict with modules as inert records."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a zip-format PyTorch checkpoint (legacy torch.save format?)") from None
+    with zf:
+        pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
+        if len(pkls) != 1:
+            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pkls)}")
+        prefix = pkls[0][: -len("data.pkl")]
+        byteorder = zf.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in zf.namelist() else "little"
+        if byteorder != "little":
+            raise ValueError(f"{path}: big-endian checkpoints are not supported")
+        import io
+        return _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix, str(path)).load()
+
+
+def _module_state(module: _Record, prefix: str = "") -> dict[str, np.ndarray]:
+    state: dict[str, np.ndarray] = {}
+    for attr in ("_parameters", "_buffers"):
+        for k, v in (getattr(module, attr, None) or {}).items():
+            if v is not None:
+                state[prefix + k] = v
+    for k, child in (getattr(module, "_modules", None) or {}).items():
+        if child is not None:
+            state.update(_module_state(child, f"{prefix}{k}."))
+    return state
+
+
+def state_dict_from_pt(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(state_dict as float32 numpy, metadata {names, yaml, version, date}) of an Ultralytics `.pt`."""
+    ckpt = read_pt(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    model = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(model, _Record):
+        raise ValueError(f"{path}: no 'model' or 'ema' module in the checkpoint")
+    state = {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+             for k, v in _module_state(model).items()}
+    names = getattr(model, "names", None)
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    meta = {"names": list(names) if names else [], "yaml": getattr(model, "yaml", None),
+            "version": ckpt.get("version"), "date": ckpt.get("date")}
+    return state, meta
