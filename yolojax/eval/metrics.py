@@ -150,18 +150,21 @@ def smooth(y, f: float = 0.05):
     return np.convolve(yp, np.ones(nf) / nf, mode="valid")
 
 
-def ap_per_class(tp, conf, pred_cls, target_cls, ignored=None, eps: float = 1e-16, ap_method: str = "ultralytics") -> dict:
+def ap_per_class(
+    tp, conf, pred_cls, target_cls, ignored=None, eps: float = 1e-16, ap_method: str = "ultralytics"
+) -> dict:
     """Per-class AP at T IoU thresholds and P/R/F1 curves (Ultralytics `ap_per_class`).
 
     tp [N,T] bool, conf [N], pred_cls [N], target_cls [M] (the instances), ignored [N,T] bool
     (detections left out at that threshold); ap_method "ultralytics" (`compute_ap`) or "coco"
-    (`compute_ap_coco`, for cross-checks against pycocotools). Returns dict: classes [C] (classes with instances),
-    instances [C], ap [C,T], px [1000], p_curve, r_curve, f1_curve, prec_values [C,1000]
+    (`compute_ap_coco`, for cross-checks against pycocotools). Returns dict: classes [C] (the
+    classes with instances), instances [C], ap [C,T], px [1000], p_curve, r_curve, f1_curve, prec_values [C,1000]
     (precision vs recall at the first threshold), p, r, f1 [C] at the max-F1 confidence, conf_max_f1.
     """
     if ap_method not in AP_METHODS:
         raise ValueError(f"ap_method must be one of {AP_METHODS}, got {ap_method!r}")
-    tp = np.asarray(tp, bool).reshape(len(conf), -1)
+    tp = np.asarray(tp, bool)
+    tp = tp[:, None] if tp.ndim == 1 else tp
     nt_ = tp.shape[1]
     ignored = np.zeros_like(tp) if ignored is None else np.asarray(ignored, bool).reshape(tp.shape)
     order = np.argsort(-np.asarray(conf), kind="stable")
