@@ -83,26 +83,28 @@ def match_detections(
             overlap[:, crowd] = box_ioa(pred_boxes, gt_boxes[crowd])
         overlap = np.where(pred_classes[:, None] == gt_classes[None], overlap, -1.0)  # [N,M]
         claimed = np.zeros((r, t, m), bool)
-        reusable = crowd[None, None]  # crowd boxes absorb any number of detections
-        ign_b = gt_ign[:, None, :]  # [R,1,M]
         thr_b = thr[None, :]  # [1,T]
         rows = np.arange(r)[:, None]
         cols = np.arange(t)[None, :]
-        # A detection with no same-class overlap >= the lowest threshold matches nothing anywhere.
-        for d in np.flatnonzero((overlap >= thr.min()).any(1)):
-            ov = overlap[d][None, None, :]  # [1,1,M]
-            reg = np.where(~ign_b & ~claimed, ov, -1.0)  # [R,T,M]
+        reach = overlap >= thr.min()
+        # Only ground truth within reach of a detection (usually 1-3 boxes) can match it at any
+        # threshold, so each step works on [R,T,k] slices instead of [R,T,M].
+        for d in np.flatnonzero(reach.any(1)):
+            cand = np.flatnonzero(reach[d])
+            ov = overlap[d, cand]  # [k]
+            ig = gt_ign[:, None, cand]  # [R,1,k]
+            cl = claimed[:, :, cand]  # [R,T,k]
+            reg = np.where(~ig & ~cl, ov, -1.0)
             best = reg.argmax(-1)
             hit = reg[rows, cols, best] >= thr_b
-            alt = np.where(ign_b & (reusable | ~claimed), ov, -1.0)
+            alt = np.where(ig & (crowd[cand] | ~cl), ov, -1.0)  # crowd boxes absorb any number
             best_i = alt.argmax(-1)
             hit_i = ~hit & (alt[rows, cols, best_i] >= thr_b)
             tp[d], ign[d] = hit, hit_i
             rr, tt = np.nonzero(hit)
-            claimed[rr, tt, best[rr, tt]] = True
-            once = hit_i & ~crowd[best_i]
-            rr, tt = np.nonzero(once)
-            claimed[rr, tt, best_i[rr, tt]] = True
+            claimed[rr, tt, cand[best[rr, tt]]] = True
+            rr, tt = np.nonzero(hit_i & ~crowd[cand][best_i])
+            claimed[rr, tt, cand[best_i[rr, tt]]] = True
     # Unmatched detections outside an area range are not that range's business (COCOeval).
     ign |= ~tp & ~ign & det_out.T[:, :, None]
     return tp, ign, ~gt_ign.T
