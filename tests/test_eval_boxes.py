@@ -24,7 +24,8 @@ def test_box_iou_by_hand_and_numpy_equals_jax():
     iou = box_iou(a, b)
     # [0,0,10,10] vs [5,0,15,10]: intersection 50, union 150.
     np.testing.assert_allclose(iou, [[50 / 150, 0, 1], [0, 0, 16 / 100]], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(box_iou(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))), iou, atol=1e-6)
+    j = box_iou(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    np.testing.assert_allclose(np.asarray(j), iou, atol=1e-6)
     # Intersection over the first box's area (COCO crowd overlap): the small box lies inside.
     np.testing.assert_allclose(box_ioa(a[1:], b[2:]), [[1.0]], atol=1e-6)
 

@@ -47,7 +47,9 @@ def test_coco128_reproduces_pycocotools_stats(data_dir, reference_dir, tmp_path)
     np.testing.assert_allclose(stats, ref["pycocotools_stats"], atol=1e-9)
     assert coco_stats_dict(stats)["AP50"] == pytest.approx(0.6498, abs=1e-4)
     # Ultralytics' JSON rounding (3 decimals) moves the stats by < 1e-4.
-    rounded = to_coco_detections(stems, [d[:, 1:5] for d in per], [d[:, 5] for d in per], [d[:, 6] for d in per], decimals=3)
+    rounded = to_coco_detections(
+        stems, [d[:, 1:5] for d in per], [d[:, 5] for d in per], [d[:, 6] for d in per], decimals=3
+    )
     np.testing.assert_allclose(coco_eval(gt, rounded), ref["pycocotools_stats"], atol=1e-4)
 
 

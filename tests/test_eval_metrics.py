@@ -158,7 +158,8 @@ def test_duplicate_detection_is_fp_and_each_gt_claimed_once():
     tp, ign, counted = match_detections(np.array([GT[0], GT[0] + 1]), [0, 0], GT[:1], [0])
     assert tp[:, 0, 0].tolist() == [True, False] and not ign[:, 0].any()
     # Greedy by confidence: the high-scoring det claims its best GT; the next one takes what is left.
-    tp, _, _ = match_detections(np.array([[10, 10, 50, 50], [12, 10, 52, 50]]), [0, 0], np.array([[11, 10, 51, 50], [10, 10, 50, 50]]), [0, 0])
+    dets = np.array([[10, 10, 50, 50], [12, 10, 52, 50]])
+    tp, _, _ = match_detections(dets, [0, 0], np.array([[11, 10, 51, 50], [10, 10, 50, 50]]), [0, 0])
     assert tp[:, 0, 0].tolist() == [True, True]
 
 

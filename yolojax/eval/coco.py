@@ -157,7 +157,8 @@ def coco_eval(gt, dets, *, verbose: bool = False) -> np.ndarray:
         raise ValueError("ground truth has duplicate image ids")
     unknown = {d["image_id"] for d in dets} - set(ids)
     if unknown:
-        raise ValueError(f"{len(unknown)} detection image ids are not in the ground truth, e.g. {sorted(map(str, unknown))[:5]}")
+        some = sorted(map(str, unknown))[:5]
+        raise ValueError(f"{len(unknown)} detection image ids are not in the ground truth, e.g. {some}")
     gt_ds = dict(
         gt,
         images=[dict(img, id=ids[img["id"]]) for img in gt["images"]],

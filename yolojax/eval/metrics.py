@@ -8,8 +8,9 @@ on it counts as neither TP nor FP, and it is not an instance. As COCO does for c
 with an ignored box is intersection over the detection's area (`ignore_overlap="ioa"`, or "iou")
 and an ignored box may absorb any number of detections.
 
-AP is Ultralytics' `compute_ap`: sentinels (0,1) and (1,0), the precision envelope by
-`np.maximum.accumulate`, then the trapezoid integral of the 101-point linear interpolation.
+AP is Ultralytics 8.4's `compute_ap`: sentinels (0, 1), (r_max, 0), (1, 0), the precision envelope
+by `np.maximum.accumulate`, then the trapezoid integral of the 101-point linear interpolation
+(`ap_method="coco"` gives pycocotools' step sampling instead, for cross-checks).
 Classes count toward the mean only when they have instances (detections of absent classes do not
 lower mAP; absent detections of present classes do).
 
@@ -67,6 +68,8 @@ def match_detections(
     thr = np.asarray(iou_thresholds, np.float64)
     rng = np.asarray(area_ranges, np.float64).reshape(-1, 2)
     r, t = len(rng), len(thr)
+    if ignore_overlap not in ("ioa", "iou"):
+        raise ValueError(f"ignore_overlap must be 'ioa' or 'iou', got {ignore_overlap!r}")
 
     gt_area, det_area = box_area(gt_boxes), box_area(pred_boxes)
     gt_out = (gt_area[None] < rng[:, :1]) | (gt_area[None] > rng[:, 1:])  # [R,M]
@@ -76,8 +79,6 @@ def match_detections(
     ign = np.zeros((n, r, t), bool)
 
     if n and m:
-        if ignore_overlap not in ("ioa", "iou"):
-            raise ValueError(f"ignore_overlap must be 'ioa' or 'iou', got {ignore_overlap!r}")
         overlap = box_iou(pred_boxes, gt_boxes)
         if ignore_overlap == "ioa" and crowd.any():
             overlap[:, crowd] = box_ioa(pred_boxes, gt_boxes[crowd])
@@ -160,8 +161,9 @@ def ap_per_class(
     tp [N,T] bool, conf [N], pred_cls [N], target_cls [M] (the instances), ignored [N,T] bool
     (detections left out at that threshold); ap_method "ultralytics" (`compute_ap`) or "coco"
     (`compute_ap_coco`, for cross-checks against pycocotools). Returns dict: classes [C] (the
-    classes with instances), instances [C], ap [C,T], px [1000], p_curve, r_curve, f1_curve, prec_values [C,1000]
-    (precision vs recall at the first threshold), p, r, f1 [C] at the max-F1 confidence, conf_max_f1.
+    classes with instances), instances [C], ap [C,T], px [1000], p_curve, r_curve, f1_curve [C,1000]
+    (vs confidence), prec_values [C,1000] (precision vs recall at the first threshold), p, r, f1 [C]
+    at the max-F1 confidence, conf_max_f1.
     """
     if ap_method not in AP_METHODS:
         raise ValueError(f"ap_method must be one of {AP_METHODS}, got {ap_method!r}")
