@@ -1,0 +1,302 @@
+"""Ultralytics-style augmentation in numpy/OpenCV with exact box bookkeeping.
+
+Images are uint8 BGR [H,W,3] (OpenCV order; the loader flips to RGB at the end). Every geometric step takes
+`img=None` too and then only transforms the targets: the loader uses that to size `max_boxes` from the data
+without decoding images. Random draws never depend on the pixels, so such a dry run sees the same boxes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import cv2
+import numpy as np
+
+from yolojax.data import geometry as geo
+
+PAD_VALUE = 114
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Ultralytics training defaults (hyp names kept). mosaic is the probability when mosaic is on."""
+
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    shear: float = 0.0
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+    flipud: float = 0.0
+    mosaic: float = 1.0
+
+
+@dataclasses.dataclass
+class Targets:
+    """Boxes of one image in its current pixel frame. boxes float32 [N,4] xyxy, classes int32 [N],
+    ignore bool [N], polygons float32 [N,4,2] or None (oriented datasets)."""
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    ignore: np.ndarray
+    polygons: np.ndarray | None = None
+
+    @classmethod
+    def from_record(cls, rec) -> "Targets":
+        return cls(rec.boxes.copy(), rec.classes.copy(), rec.ignore.copy(),
+                   None if rec.polygons is None else rec.polygons.copy())
+
+    @classmethod
+    def empty(cls, obb: bool) -> "Targets":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), np.zeros(0, bool),
+                   np.zeros((0, 4, 2), np.float32) if obb else None)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def select(self, keep: np.ndarray) -> "Targets":
+        return Targets(self.boxes[keep], self.classes[keep], self.ignore[keep],
+                       None if self.polygons is None else self.polygons[keep])
+
+    def affine(self, sx: float, sy: float, dx: float, dy: float) -> "Targets":
+        """x -> x*sx + dx, y -> y*sy + dy (scale and shift, no rotation)."""
+        b = self.boxes * np.array([sx, sy, sx, sy], np.float32) + np.array([dx, dy, dx, dy], np.float32)
+        p = None if self.polygons is None else self.polygons * np.array([sx, sy], np.float32) + np.array([dx, dy], np.float32)
+        return Targets(b.astype(np.float32), self.classes, self.ignore, None if p is None else p.astype(np.float32))
+
+    @staticmethod
+    def concat(items: list["Targets"]) -> "Targets":
+        polys = None if items[0].polygons is None else np.concatenate([t.polygons for t in items])
+        return Targets(np.concatenate([t.boxes for t in items]), np.concatenate([t.classes for t in items]),
+                       np.concatenate([t.ignore for t in items]), polys)
+
+    def obb(self) -> np.ndarray | None:
+        """[N,5] oriented boxes of the polygons (see geometry), or None."""
+        return None if self.polygons is None else geo.polygons_to_obb(self.polygons)
+
+
+def clip_targets(t: Targets, w: float, h: float, min_area: float = 0.0) -> Targets:
+    """Clip boxes to [0,w]x[0,h]; polygons that cross the border become the minimum-area rectangle of their
+    part inside (boxes then bound that part exactly). Boxes with area <= min_area are removed."""
+    b = t.boxes.copy()
+    p = t.polygons
+    if p is not None and len(p):
+        out = (p[..., 0].min(1) < 0) | (p[..., 1].min(1) < 0) | (p[..., 0].max(1) > w) | (p[..., 1].max(1) > h)
+        if out.any():
+            pts, valid = geo.clip_polygons(p[out], w, h)
+            p = p.copy()
+            p[out] = geo.obb_to_polygons(geo.min_area_rect(pts, valid)).astype(np.float32)
+            b[out] = geo.masked_bounds(pts, valid)
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+    t = Targets(b.astype(np.float32), t.classes, t.ignore, p)
+    keep = geo.box_area(b) > min_area
+    return t if keep.all() else t.select(keep)
+
+
+# -------------------------------------------------------------------------------------------- resizing
+
+def resized_shape(shape: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """(h, w) after Ultralytics `load_image`: long side to imgsz, aspect kept (ceil, capped at imgsz)."""
+    h0, w0 = shape
+    r = imgsz / max(h0, w0)
+    if r == 1:
+        return h0, w0
+    return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
+
+
+def letterbox_params(shape: tuple[int, int], new: int, scaleup: bool = True) -> tuple[float, tuple[int, int], tuple[int, int, int, int]]:
+    """Ultralytics LetterBox (center, auto=False): ratio r, resized (h, w), pads (top, bottom, left, right)."""
+    h, w = shape
+    r = min(new / h, new / w)
+    if not scaleup:
+        r = min(r, 1.0)
+    nw, nh = int(round(w * r)), int(round(h * r))
+    dw, dh = (new - nw) / 2, (new - nh) / 2
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    return r, (nh, nw), (top, bottom, left, right)
+
+
+def letterbox(img: np.ndarray | None, t: Targets, shape: tuple[int, int], new: int, scaleup: bool = True):
+    """Resize keeping aspect and pad to new x new with gray 114.
+
+    Returns (img [new,new,3] or None, targets, ratio, (padx, pady)); boxes map x -> x*ratio + padx.
+    """
+    r, (nh, nw), (top, bottom, left, right) = letterbox_params(shape, new, scaleup)
+    if img is not None:
+        if (img.shape[0], img.shape[1]) != (nh, nw):
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return img, t.affine(r, r, left, top), r, (left, top)
+
+
+# ---------------------------------------------------------------------------------------------- mosaic
+
+def mosaic4(items: list[tuple[np.ndarray | None, tuple[int, int], Targets]], imgsz: int,
+            rng: np.random.Generator):
+    """Ultralytics 4-image mosaic on a 2*imgsz canvas (gray 114) around a random center.
+
+    items: 4 x (img [h,w,3] or None, (h, w), targets in that image's pixels), already resized so that the
+    long side is imgsz. Returns (canvas [2s,2s,3] or None, targets clipped to the canvas).
+    """
+    s = imgsz
+    yc, xc = (int(rng.uniform(s // 2, 2 * s - s // 2)) for _ in range(2))
+    canvas = None
+    if items[0][0] is not None:
+        canvas = np.full((2 * s, 2 * s, items[0][0].shape[2]), PAD_VALUE, dtype=np.uint8)
+    parts = []
+    for i, (img, (h, w), t) in enumerate(items):
+        if i == 0:  # top left
+            x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+            x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
+        elif i == 1:  # top right
+            x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, s * 2), yc
+            x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
+        elif i == 2:  # bottom left
+            x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(s * 2, yc + h)
+            x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
+        else:  # bottom right
+            x1a, y1a, x2a, y2a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
+            x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
+        if canvas is not None:
+            canvas[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+        parts.append(t.affine(1, 1, x1a - x1b, y1a - y1b))
+    # Each image extends away from (xc, yc), so its footprint ends at the canvas edge or at the center lines:
+    # clipping to the canvas is clipping to its own part.
+    return canvas, clip_targets(Targets.concat(parts), 2 * s, 2 * s, min_area=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- affine
+
+def affine_matrix(in_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator,
+                  cfg: AugmentConfig) -> tuple[np.ndarray, float]:
+    """Ultralytics RandomPerspective matrix (no perspective term): M = T @ S @ R @ C, and its scale s."""
+    C = np.eye(3)
+    C[0, 2], C[1, 2] = -in_hw[1] / 2, -in_hw[0] / 2
+    a = rng.uniform(-cfg.degrees, cfg.degrees)
+    s = rng.uniform(1 - cfg.scale, 1 + cfg.scale)
+    R = np.eye(3)
+    R[:2] = cv2.getRotationMatrix2D(angle=a, center=(0, 0), scale=s)
+    S = np.eye(3)
+    S[0, 1] = math.tan(rng.uniform(-cfg.shear, cfg.shear) * math.pi / 180)
+    S[1, 0] = math.tan(rng.uniform(-cfg.shear, cfg.shear) * math.pi / 180)
+    T = np.eye(3)
+    T[0, 2] = rng.uniform(0.5 - cfg.translate, 0.5 + cfg.translate) * out_hw[1]
+    T[1, 2] = rng.uniform(0.5 - cfg.translate, 0.5 + cfg.translate) * out_hw[0]
+    return T @ S @ R @ C, s
+
+
+def _apply(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """[...,2] points through a 3x3 affine matrix."""
+    return pts @ M[:2, :2].T + M[:2, 2]
+
+
+def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr: float = 100,
+                   area_thr: float = 0.1, eps: float = 1e-16) -> np.ndarray:
+    """Ultralytics filter: keep boxes still > wh_thr px, with aspect < ar_thr and > area_thr of their area.
+    box1 [N,4] before (already multiplied by the affine scale), box2 [N,4] after; xyxy."""
+    w1, h1 = box1[:, 2] - box1[:, 0], box1[:, 3] - box1[:, 1]
+    w2, h2 = box2[:, 2] - box2[:, 0], box2[:, 3] - box2[:, 1]
+    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
+
+
+def random_affine(img: np.ndarray | None, t: Targets, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                  rng: np.random.Generator, cfg: AugmentConfig):
+    """Warp [in_h,in_w] to [out_h,out_w] (gray 114 outside); boxes by their corners (polygons by their
+    points), clipped, then filtered by `box_candidates`. Returns (img or None, targets)."""
+    M, s = affine_matrix(in_hw, out_hw, rng, cfg)
+    oh, ow = out_hw
+    if img is not None:
+        img = cv2.warpAffine(img, M[:2], dsize=(ow, oh), borderValue=(PAD_VALUE,) * 3)
+    if len(t) == 0:
+        return img, t
+    if t.polygons is not None:
+        polys = _apply(M, t.polygons.astype(np.float64)).astype(np.float32)
+        moved = Targets(geo.polygons_to_xyxy(polys), t.classes, t.ignore, polys)
+        area_thr = 0.01  # Ultralytics uses the looser threshold when instances carry point sets
+    else:
+        corners = _apply(M, geo.box_corners(t.boxes.astype(np.float64)))
+        moved = Targets(geo.polygons_to_xyxy(corners).astype(np.float32), t.classes, t.ignore, None)
+        area_thr = 0.10
+    new = clip_targets(moved, ow, oh, min_area=-1.0)  # keep rows aligned with t for the filter
+    keep = box_candidates(t.boxes * s, new.boxes, area_thr=area_thr)
+    return img, new.select(keep)
+
+
+# ---------------------------------------------------------------------------------------- color / flip
+
+def augment_hsv(img: np.ndarray | None, rng: np.random.Generator, hgain: float, sgain: float, vgain: float):
+    """Ultralytics RandomHSV (>= 8.3.79): additive hue shift, multiplicative saturation/value, via LUTs.
+    img is BGR uint8; returns a new image."""
+    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain]
+    if img is None or not (hgain or sgain or vgain):
+        return img
+    x = np.arange(0, 256, dtype=np.float64)
+    lut_hue = ((x + r[0] * 180) % 180).astype(np.uint8)
+    lut_sat = np.clip(x * (r[1] + 1), 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * (r[2] + 1), 0, 255).astype(np.uint8)
+    lut_sat[0] = 0  # pure white / gray stay unsaturated
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def flip(img: np.ndarray | None, t: Targets, hw: tuple[int, int], horizontal: bool):
+    """Mirror left-right (horizontal) or top-bottom; boxes and polygons follow."""
+    h, w = hw
+    b = t.boxes.copy()
+    p = None if t.polygons is None else t.polygons.copy()
+    if horizontal:
+        b[:, [0, 2]] = w - t.boxes[:, [2, 0]]
+        if p is not None:
+            p[..., 0] = w - p[..., 0]
+        if img is not None:
+            img = np.ascontiguousarray(img[:, ::-1])
+    else:
+        b[:, [1, 3]] = h - t.boxes[:, [3, 1]]
+        if p is not None:
+            p[..., 1] = h - p[..., 1]
+        if img is not None:
+            img = np.ascontiguousarray(img[::-1])
+    return img, Targets(b, t.classes, t.ignore, p)
+
+
+# --------------------------------------------------------------------------------------------- pipelines
+
+def train_transform(items, imgsz: int, rng: np.random.Generator, cfg: AugmentConfig):
+    """The Ultralytics training pipeline for one sample.
+
+    items: list of (img or None, (h, w), targets) resized by `resized_shape`: 4 items make a mosaic (the
+    first is the sample itself), then an affine back to imgsz; 1 item is letterboxed, then the affine.
+    Then HSV and flips. Returns (img [imgsz,imgsz,3] or None, targets).
+    """
+    if len(items) == 4:
+        img, t = mosaic4(items[:4], imgsz, rng)
+        in_hw = (2 * imgsz, 2 * imgsz)
+    else:
+        img, hw, t = items[0]
+        img, t, _, _ = letterbox(img, t, hw, imgsz)
+        in_hw = (imgsz, imgsz)
+    img, t = random_affine(img, t, in_hw, (imgsz, imgsz), rng, cfg)
+    img = augment_hsv(img, rng, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v)
+    if rng.uniform() < cfg.flipud:
+        img, t = flip(img, t, (imgsz, imgsz), horizontal=False)
+    if rng.uniform() < cfg.fliplr:
+        img, t = flip(img, t, (imgsz, imgsz), horizontal=True)
+    return img, t
+
+
+def val_transform(item, orig_hw: tuple[int, int], imgsz: int):
+    """Validation: letterbox only. item = (img or None, (h, w), targets) after `resized_shape`.
+
+    Returns (img, targets, (ratio, padx, pady)) with ratio relative to the original image, so that
+    original = (letterboxed - pad) / ratio.
+    """
+    img, hw, t = item
+    img, t, r, (px, py) = letterbox(img, t, hw, imgsz, scaleup=False)
+    ratio = r * hw[0] / orig_hw[0] if orig_hw[0] >= orig_hw[1] else r * hw[1] / orig_hw[1]
+    return img, t, (float(ratio), float(px), float(py))
