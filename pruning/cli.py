@@ -1,0 +1,148 @@
+"""`yolojax prune`: structured channel pruning of a checkpoint into a new, normal checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+EPILOG = """examples:
+  yolojax prune runs/sparse/best -o runs/pruned --ratio 0.5 --policy layer     # seed recipe: 50% per layer
+  yolojax prune runs/sparse/best -o runs/pruned --threshold 0.01               # network slimming
+  yolojax prune runs/sparse/best -o runs/pruned --ratio 0.4 --policy group --rule head=0.2 --rule P3=0.2
+  yolojax prune runs/sparse/best -o runs/pruned --target-flops 14.0            # budget: GFLOPs at --imgsz
+selectors (--rule/--skip): tags joined by '/' (backbone|neck|head, conv|c2f|sppf|detect, P1..P5,
+  residual|split_a|split_b|hidden|out|box|cls|angle), or a group-name glob like 'model_22/cv3_*'."""
+
+
+def _rules(items) -> tuple:
+    out = []
+    for item in items or ():
+        sel, sep, val = item.rpartition("=")
+        if not sep or not sel:
+            raise SystemExit(f"--rule {item!r}: expected SELECTOR=VALUE, e.g. head=0.2")
+        try:
+            out.append((sel, float(val)))
+        except ValueError:
+            raise SystemExit(f"--rule {item!r}: {val!r} is not a number") from None
+    return tuple(out)
+
+
+def make_policy(args):
+    """The Policy the command-line options describe."""
+    from .policy import Budget, GlobalRatio, GlobalThreshold, GroupPolicy, LayerRatio
+
+    common = dict(round_to=args.round_to, min_channels=args.min_channels, importance=args.importance,
+                  reduce=args.reduce, skip=tuple(args.skip or ()))
+    rules = _rules(args.rule)
+    if rules and args.policy == "global":
+        raise SystemExit("--rule needs --policy group or layer")
+    budget = args.target_flops is not None or args.target_params is not None
+    ratio = 0.0 if budget else args.ratio
+    if args.threshold is not None:
+        if args.policy == "layer":
+            raise SystemExit("--threshold works with --policy global or group (a layer policy is a ratio)")
+        if args.policy == "global":
+            return GlobalThreshold(threshold=args.threshold, **common)
+        return GroupPolicy(threshold=args.threshold, rules=rules, **common)
+    if args.policy == "global":
+        base = GlobalRatio(ratio=ratio, **common)
+    elif args.policy == "layer":
+        base = LayerRatio(ratio=ratio, rules=rules, **common)
+    else:
+        base = GroupPolicy(ratio=ratio, rules=rules, **common)
+    if not budget:
+        return base
+    return Budget(target_gflops=args.target_flops, target_params=args.target_params, imgsz=args.imgsz,
+                  base=base, **common)
+
+
+def plot_channels(report: dict, path: Path) -> Path:
+    """Bar chart of output channels per conv (BN convs, execution order), before vs after."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in report["layers"] if r["bn"]]  # Detect's final convs keep their outputs
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(10, 0.22 * len(rows)), 4.8), dpi=110)
+    ax.bar(x, [r["cout_before"] for r in rows], 0.8, color="#c7c7c7", label="before")
+    ax.bar(x, [r["cout_after"] for r in rows], 0.5, color="#1f77b4", label="after")
+    ax.set_xticks(x, [r["path"].replace("model_", "") for r in rows], rotation=90, fontsize=6)
+    ax.set_ylabel("output channels")
+    ax.set_title(f"channels per layer: params {report['params_before']:,} -> {report['params_after']:,}, "
+                 f"GFLOPs@{report['imgsz']} {report['gflops_before']:.2f} -> {report['gflops_after']:.2f}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'layer':<22} {'out before':>10} {'out after':>9} {'in before':>9} {'in after':>8} {'kept':>6}"]
+    for r in report["layers"]:
+        lines.append(f"{r['path']:<22} {r['cout_before']:>10} {r['cout_after']:>9} {r['cin_before']:>9} "
+                     f"{r['cin_after']:>8} {r['cout_after'] / r['cout_before']:>6.0%}")
+    pb, pa, fb, fa = (report[k] for k in ("params_before", "params_after", "gflops_before", "gflops_after"))
+    mb, ma = report["macs_before"], report["macs_after"]
+    lines += ["", f"params  {pb:>13,} -> {pa:>13,}  ({pa / pb:.1%})",
+              f"GFLOPs  {fb:>13.3f} -> {fa:>13.3f}  ({fa / fb:.1%}) at {report['imgsz']} px",
+              f"GMACs   {mb / 1e9:>13.3f} -> {ma / 1e9:>13.3f}  ({ma / mb:.1%})",
+              f"channels{report['channels_before']:>13,} -> {report['channels_after']:>13,}"]
+    return "\n".join(lines)
+
+
+def cmd_prune(args) -> int:
+    from yolojax import load
+    from yolojax.checkpoint import save_model
+
+    from .prune import prune, prune_report
+
+    policy = make_policy(args)
+    det = load(args.checkpoint)
+    new_spec, new_vars = prune(det.spec, det.variables, policy)
+    report = prune_report(det.spec, new_spec, args.imgsz)
+    record = {"policy": policy.describe(), "source": str(args.checkpoint),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "imgsz": args.imgsz,
+              **{k: report[k] for k in ("params_before", "params_after", "gflops_before", "gflops_after")}}
+    meta = {k: v for k, v in dict(det.meta).items() if k not in ("saved_at",)}
+    meta["pruning"] = list(meta.get("pruning", [])) + [record]
+    out = Path(args.output)
+    save_model(out, new_spec, new_vars, meta)  # atomic: replaces OUT, so the reports are written after it
+    (out / "prune_report.json").write_text(json.dumps(report, indent=1))
+    table = format_table(report)
+    (out / "prune_report.txt").write_text(table + "\n")
+    plot_channels(report, out / "channels.png")
+    if args.json:
+        print(json.dumps({**{k: v for k, v in report.items()}, "output": str(out), "policy": policy.describe()},
+                         default=str))
+    else:
+        print(table)
+        print(f"\n{policy.describe()['policy']}: wrote {out} (a normal checkpoint: yolojax.load / val / train / "
+              f"export read it), prune_report.txt/.json, channels.png")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="structured channel pruning (network slimming, group, layer, budget)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="model to prune: checkpoint/run dir, Ultralytics .pt/.npz")
+    p.add_argument("-o", "--output", required=True, help="output checkpoint directory")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="share of channels to remove (0-1)")
+    how.add_argument("--threshold", type=float, help="remove channels whose importance (|gamma|) is below this")
+    how.add_argument("--target-flops", type=float, help="GFLOPs budget at --imgsz (searched)")
+    how.add_argument("--target-params", type=int, help="parameter budget (searched)")
+    p.add_argument("--policy", choices=("global", "group", "layer"), default="global",
+                   help="global ranking (default), per (part, scale, kind) class, or the same share per layer")
+    p.add_argument("--rule", action="append", metavar="SEL=V", help="group/layer: ratio or threshold per selector")
+    p.add_argument("--skip", action="append", metavar="SEL", help="never prune these groups (e.g. head)")
+    p.add_argument("--importance", choices=("bn", "l1", "l2"), default="bn", help="|gamma| or kernel norm")
+    p.add_argument("--reduce", choices=("sum", "mean", "max"), default="sum", help="over coupled layers")
+    p.add_argument("--round-to", type=int, default=8, help="kept channels round up to a multiple (default 8)")
+    p.add_argument("--min-channels", type=int, default=8, help="never keep fewer per group (default 8)")
+    p.add_argument("--imgsz", type=int, default=640, help="image size for FLOPs (default 640)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_prune)
