@@ -138,18 +138,14 @@ def _validate(file: str, shape: tuple[int, int], rows: _Rows, nc: int, problems:
     out = {"boxes": clipped[keep].astype(np.float32), "classes": classes[keep].astype(np.int32),
            "ignore": ignore[keep]}
     if polys is not None:
-        p = polys[keep]
-        out_of_image = (p[..., 0].min(1) < 0) | (p[..., 1].min(1) < 0) | (p[..., 0].max(1) > w) | (p[..., 1].max(1) > h)
-        obb = geo.polygons_to_obb(p).astype(np.float64) if len(p) else np.zeros((0, 5))
-        if out_of_image.any():
-            pts, valid = geo.clip_polygons(p[out_of_image], w, h)
-            obb[out_of_image] = geo.min_area_rect(pts, valid)
-            out["boxes"][out_of_image] = geo.masked_bounds(pts, valid)
-            p = p.copy()
-            p[..., 0] = np.clip(p[..., 0], 0, w)
-            p[..., 1] = np.clip(p[..., 1], 0, h)
+        # Polygons are clipped point by point (as Ultralytics clips point sets); box and obb derive from the
+        # clipped points, so that a file written back from the record reads the same.
+        p = polys[keep].copy()
+        p[..., 0] = np.clip(p[..., 0], 0, w)
+        p[..., 1] = np.clip(p[..., 1], 0, h)
+        out["boxes"] = geo.polygons_to_xyxy(p).astype(np.float32)
         out["polygons"] = p.astype(np.float32)
-        out["obb"] = obb.astype(np.float32)
+        out["obb"] = geo.polygons_to_obb(p)
     return out
 
 
