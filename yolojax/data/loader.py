@@ -158,7 +158,8 @@ class Loader:
 
     # ---------------------------------------------------------------------------------------- samples
     def _load(self, i: int):
-        """Resized image of dataset index i (cached), replacing unreadable images by the next good one."""
+        """(j, resized image item) for dataset index i (cached); j != i when image i is unreadable and the
+        next readable one stands in for it."""
         n = len(self.dataset)
         for step in range(n):
             j = (i + step) % n
@@ -168,7 +169,7 @@ class Loader:
                 hit = self._cache.get(j)
                 if hit is not None:
                     self._cache.move_to_end(j)
-                    return hit
+                    return j, hit
             try:
                 item = load_resized(self.dataset[j], self.imgsz, self.fast_decode)
             except ImageError as e:
@@ -185,7 +186,7 @@ class Loader:
                     self._cache[j] = item
                     while len(self._cache) > self._cache_cap:
                         self._cache.popitem(last=False)
-            return item
+            return j, item
         raise ValueError(f"{self.dataset.root}: no readable image left ({len(self._bad)} failed)")
 
     def _partners(self, rng: np.random.Generator, pos: int, order: np.ndarray) -> list[int]:
@@ -196,28 +197,29 @@ class Loader:
 
     def sample(self, epoch: int, pos: int, order: np.ndarray | None = None, dry: bool = False,
                mosaic: bool | None = None):
-        """Sample at `pos` of `epoch`: (img BGR [S,S,3] or None if dry, targets, ratio_pad, index).
-        dry: only the targets (no decoding); mosaic: override whether mosaic is on."""
+        """Sample at `pos` of `epoch`: (img BGR [S,S,3] or None if dry, targets, ratio_pad, index of the
+        dataset image it shows). dry: only the targets (no decoding); mosaic: override whether it is on."""
         order = self.order(epoch) if order is None else order
         rng = np.random.default_rng([self.seed, epoch, pos])
         i = int(order[pos])
-        rec = self.dataset[i]
         if dry:
             def get(j):
                 r = self.dataset[j]
                 hw = aug.resized_shape(r.shape, self.imgsz)
-                return None, hw, aug.Targets.from_record(r).affine(hw[1] / r.shape[1], hw[0] / r.shape[0], 0, 0)
+                return j, (None, hw, aug.Targets.from_record(r).affine(hw[1] / r.shape[1], hw[0] / r.shape[0], 0, 0))
         else:
             get = self._load
         if self.augment:
             partners = self._partners(rng, pos, order)
             on = self.mosaic_on(epoch) if mosaic is None else mosaic
             use_mosaic = rng.uniform() < self.hyp.mosaic and on
-            idx = [i] + partners if use_mosaic else [i]
-            img, t = aug.train_transform([get(j) for j in idx], self.imgsz, rng, self.hyp)
+            loaded = [get(j) for j in ([i] + partners if use_mosaic else [i])]
+            i = loaded[0][0]
+            img, t = aug.train_transform([item for _, item in loaded], self.imgsz, rng, self.hyp)
             ratio_pad = (0.0, 0.0, 0.0)
         else:
-            img, t, ratio_pad = aug.val_transform(get(i), rec.shape, self.imgsz)
+            i, item = get(i)
+            img, t, ratio_pad = aug.val_transform(item, self.dataset[i].shape, self.imgsz)
         return img, t, ratio_pad, i
 
     def auto_max_boxes(self, samples: int = 256) -> int:

@@ -3,7 +3,8 @@
 Top-down drone-like scenes: textured ground (grass, fields, dirt, pavement), roads with lane marks, parking
 lots, bushes, rocks and trees that occlude; 10 VisDrone classes drawn as small shapes with class-specific
 aspect, colour and marks (windshields, cargo ribs, striped awnings, riders), rotated along roads or at
-random, with shadows. Object sizes scale with imgsz (at 256 px about 7-45 px, most under 32 px at 640).
+random, with shadows. At 256 px objects are about 7-45 px; larger images show a wider field (most objects
+stay under 32 px at 640, as in VisDrone).
 Deterministic: image i is a pure function of (seed, i). Written as an Ultralytics YOLO dataset.
 """
 from __future__ import annotations
@@ -23,8 +24,8 @@ NAMES = list(VISDRONE_NAMES)
 (PEDESTRIAN, PEOPLE, BICYCLE, CAR, VAN, TRUCK, TRICYCLE, AWNING, BUS, MOTOR) = range(10)
 
 # (length, width) in px at imgsz 256: the object's full extent, which is also its label.
-_SIZE = {PEDESTRIAN: (8.0, 4.6), PEOPLE: (8.0, 7.2), BICYCLE: (11.0, 4.6), CAR: (17.0, 8.2), VAN: (21.0, 9.4),
-         TRUCK: (31.0, 10.4), TRICYCLE: (12.5, 7.6), AWNING: (13.5, 8.4), BUS: (42.0, 11.4), MOTOR: (10.5, 4.4)}
+_SIZE = {PEDESTRIAN: (8.0, 4.6), PEOPLE: (8.0, 7.2), BICYCLE: (12.0, 3.8), CAR: (17.0, 8.2), VAN: (21.0, 9.4),
+         TRUCK: (31.0, 10.4), TRICYCLE: (12.5, 7.6), AWNING: (13.5, 8.4), BUS: (42.0, 11.4), MOTOR: (10.0, 5.4)}
 # relative frequencies (VisDrone-like: cars and people dominate, buses and tricycles rare; not so skewed
 # that the rare classes cannot be learned from a few hundred images)
 _FREQ = np.array([14, 9, 6, 24, 10, 7, 6, 6, 5, 13], np.float64)
@@ -122,12 +123,12 @@ def _draw_object(cv: _Canvas, rng, cls: int, center, theta, L, W):
         cv.rect(-hl, hl, -0.22 * W, 0.22 * W, center, theta, (45, 45, 50))
         cv.ellipse(-0.05 * L, 0, 0.18 * L, hw, center, theta, _jitter(rng, _pick(rng, _SHIRT_COLORS), 25))
         cv.ellipse(0.05 * L, 0, 0.11 * L, 0.11 * L, center, theta, _jitter(rng, (30, 30, 30), 10))  # helmet
-    elif cls == BICYCLE:
-        cv.rect(-0.40 * L, 0.40 * L, -0.06 * W, 0.06 * W, center, theta, (160, 160, 160))
-        for x in (-0.36 * L, 0.36 * L):
-            cv.ellipse(x, 0, 0.14 * L, 0.09 * W, center, theta, (25, 25, 25))
-        cv.ellipse(-0.04 * L, 0, 0.09 * L, hw, center, theta, _jitter(rng, _pick(rng, _SHIRT_COLORS), 25))
-        cv.ellipse(0.02 * L, 0, 0.07 * L, 0.07 * L, center, theta, (50, 70, 110))
+    elif cls == BICYCLE:  # long and thin: bright frame, two wheels, a small rider in the middle
+        for x in (-0.33 * L, 0.33 * L):
+            cv.ellipse(x, 0, 0.17 * L, 0.16 * W, center, theta, (20, 20, 20))
+        cv.rect(-0.42 * L, 0.42 * L, -0.08 * W, 0.08 * W, center, theta, (210, 210, 205))
+        cv.ellipse(-0.02 * L, 0, 0.08 * L, hw, center, theta, _jitter(rng, _pick(rng, _SHIRT_COLORS), 25))
+        cv.ellipse(0.03 * L, 0, 0.06 * L, 0.06 * L, center, theta, (50, 70, 110))
     elif cls == PEDESTRIAN:  # upright figure seen obliquely: legs, torso, head (x points up the image)
         for y in (-0.16 * W, 0.16 * W):
             cv.rect(-hl, -0.10 * L, y - 0.10 * W, y + 0.10 * W, center, theta, (50, 45, 40))
@@ -140,6 +141,13 @@ def _draw_object(cv: _Canvas, rng, cls: int, center, theta, L, W):
         cv.ellipse(0.30 * L, 0, 0.17 * L, 0.17 * L, center, theta, (40, 60, 100))
 
 
+def _object_scale(S: int) -> float:
+    """Pixels per unit of `_SIZE`. Larger images show a wider field rather than a closer one (objects grow
+    as S**0.6, their number as S**0.8): at 256 px objects are about 7-45 px, at 640 most stay under 32 px
+    as in VisDrone, and a small training size still leaves them learnable."""
+    return (S / 256) ** 0.6
+
+
 def _ground(rng, S: int) -> tuple[np.ndarray, list]:
     """Textured ground with fields, roads and a parking lot; returns (img BGR, roads as (p0, p1, width))."""
     kind = rng.choice(list(_GROUNDS))
@@ -149,7 +157,7 @@ def _ground(rng, S: int) -> tuple[np.ndarray, list]:
     low = cv2.resize(rng.normal(0, 1, (g, g, 4)).astype(np.float32), (S, S), interpolation=cv2.INTER_CUBIC)
     img = base + low[..., :1] * 16 + low[..., 1:] * 4 + rng.normal(0, 1, (S, S, 1)).astype(np.float32) * 6
     img = np.clip(img, 0, 255).astype(np.uint8)
-    u = S / 256
+    u = _object_scale(S)
     # fields: a few large quads of another tone, some with crop rows
     for _ in range(rng.integers(0, 4)):
         c = rng.uniform(0, S, 2)
@@ -187,7 +195,7 @@ def _ground(rng, S: int) -> tuple[np.ndarray, list]:
 def _scene(rng, S: int):
     """One image and its objects: (img BGR [S,S,3], classes [N], polygons [N,4,2])."""
     img, roads = _ground(rng, S)
-    u = S / 256 * rng.uniform(0.85, 1.2)  # altitude
+    u = _object_scale(S) * rng.uniform(0.85, 1.2)  # altitude
     objs = []  # (cls, center, theta, L, W)
     occupied = np.zeros((S, S), np.uint8)
 
@@ -227,7 +235,7 @@ def _scene(rng, S: int):
                     L, W = size(cls)
                     ctr = origin + np.array([c * pitch_x, r * pitch_y]) @ _rot(ang).T
                     place(cls, ctr, ang + np.pi / 2 + rng.normal(0, 0.05) + (np.pi if rng.uniform() < 0.5 else 0), L, W)
-    n = int(rng.integers(8, 36))
+    n = int(rng.integers(8, 36) * (S / 256) ** 0.8)
     target = len(objs) + n
     tries = 0
     while len(objs) < target and tries < n * 8:
