@@ -143,10 +143,12 @@ def plan(spec: Spec, variables: Mapping, policy: Policy) -> dict[str, np.ndarray
 
 
 # -- applying masks ---------------------------------------------------------------------------------------
-def apply_masks(spec: Spec, variables: Mapping, masks: Mapping[str, np.ndarray]) -> tuple[Spec, dict]:
+def apply_masks(spec: Spec, variables: Mapping, masks: Mapping[str, np.ndarray], *, fold: bool = True
+                ) -> tuple[Spec, dict]:
     """Remove the channels whose mask is False, folding their constant output SiLU(beta) into consumers.
 
     masks: {group name: bool [group.size]} for every group of `build_groups(spec)` (missing = keep all).
+    fold: False replaces removed channels by zero instead (what most pruning tools do; exact only for beta=0).
     Returns (new_spec, {'params', 'batch_stats'}) with fresh numpy arrays.
     """
     groups = build_groups(spec)
@@ -171,7 +173,7 @@ def apply_masks(spec: Spec, variables: Mapping, masks: Mapping[str, np.ndarray])
     delta: dict[str, np.ndarray] = {}
     for g in groups:
         removed = ~masks[g.name]
-        if not removed.any():
+        if not fold or not removed.any():
             continue
         consts = [_silu(np.asarray(params[f"{pr.path}/bn/bias"], np.float64)[pr.start:pr.start + g.size])
                   for pr in g.producers]
