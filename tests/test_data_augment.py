@@ -177,3 +177,34 @@ def test_clip_polygons_is_the_exact_intersection():
     for i, rr in zip(k, rects):
         mrr = sg.Polygon(polys[i]).intersection(img).minimum_rotated_rectangle
         assert rr[2] * rr[3] == pytest.approx(mrr.area, rel=1e-6, abs=1e-6)
+
+
+def _mosaic_reference(items, s, xc, yc):
+    """Ultralytics' _mosaic4 pixel placement, written out: full gray canvas, then the four copies."""
+    out = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+    for i, (img, (h, w), _) in enumerate(items):
+        if i == 0:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+            x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
+        elif i == 1:
+            x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, s * 2), yc
+            x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
+        elif i == 2:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(s * 2, yc + h)
+            x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
+        else:
+            x1a, y1a, x2a, y2a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
+            x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
+        out[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+    return out
+
+
+def test_mosaic_canvas_matches_reference_placement():
+    shapes = [(64, 50), (40, 64), (64, 64), (30, 64)]
+    items = [(np.random.default_rng(k).integers(0, 255, (*hw, 3)).astype(np.uint8), hw, aug.Targets.empty(False))
+             for k, hw in enumerate(shapes)]
+    for seed in range(25):
+        canvas, _ = aug.mosaic4(items, 64, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        yc, xc = (int(rng.uniform(32, 96)) for _ in range(2))
+        np.testing.assert_array_equal(canvas, _mosaic_reference(items, 64, xc, yc))

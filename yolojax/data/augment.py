@@ -146,7 +146,9 @@ def mosaic4(items: list[tuple[np.ndarray | None, tuple[int, int], Targets]], img
     yc, xc = (int(rng.uniform(s // 2, 2 * s - s // 2)) for _ in range(2))
     canvas = None
     if items[0][0] is not None:
-        canvas = np.full((2 * s, 2 * s, items[0][0].shape[2]), PAD_VALUE, dtype=np.uint8)
+        # only the canvas not covered by the four images is painted gray (a full fill costs as much as
+        # the copies)
+        canvas = np.empty((2 * s, 2 * s, items[0][0].shape[2]), dtype=np.uint8)
     parts = []
     for i, (img, (h, w), t) in enumerate(items):
         if i == 0:  # top left
@@ -163,6 +165,12 @@ def mosaic4(items: list[tuple[np.ndarray | None, tuple[int, int], Targets]], img
             x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
         if canvas is not None:
             canvas[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+            qx0, qx1 = (0, xc) if i in (0, 2) else (xc, 2 * s)  # this image's quadrant
+            qy0, qy1 = (0, yc) if i in (0, 1) else (yc, 2 * s)
+            canvas[qy0:y1a, qx0:qx1] = PAD_VALUE
+            canvas[y2a:qy1, qx0:qx1] = PAD_VALUE
+            canvas[y1a:y2a, qx0:x1a] = PAD_VALUE
+            canvas[y1a:y2a, x2a:qx1] = PAD_VALUE
         parts.append(t.affine(1, 1, x1a - x1b, y1a - y1b))
     # Each image extends away from (xc, yc), so its footprint ends at the canvas edge or at the center lines:
     # clipping to the canvas is clipping to its own part.
@@ -236,13 +244,13 @@ def augment_hsv(img: np.ndarray | None, rng: np.random.Generator, hgain: float, 
     if img is None or not (hgain or sgain or vgain):
         return img
     x = np.arange(0, 256, dtype=np.float64)
-    lut_hue = ((x + r[0] * 180) % 180).astype(np.uint8)
-    lut_sat = np.clip(x * (r[1] + 1), 0, 255).astype(np.uint8)
-    lut_val = np.clip(x * (r[2] + 1), 0, 255).astype(np.uint8)
-    lut_sat[0] = 0  # pure white / gray stay unsaturated
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
-    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    lut = np.empty((256, 1, 3), np.uint8)  # one LUT per channel, applied in one pass
+    lut[:, 0, 0] = ((x + r[0] * 180) % 180).astype(np.uint8)
+    lut[:, 0, 1] = np.clip(x * (r[1] + 1), 0, 255).astype(np.uint8)
+    lut[:, 0, 2] = np.clip(x * (r[2] + 1), 0, 255).astype(np.uint8)
+    lut[0, 0, 1] = 0  # pure white / gray stay unsaturated
+    hsv = cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=hsv)
 
 
 def flip(img: np.ndarray | None, t: Targets, hw: tuple[int, int], horizontal: bool):
@@ -255,13 +263,13 @@ def flip(img: np.ndarray | None, t: Targets, hw: tuple[int, int], horizontal: bo
         if p is not None:
             p[..., 0] = w - p[..., 0]
         if img is not None:
-            img = np.ascontiguousarray(img[:, ::-1])
+            img = cv2.flip(img, 1)
     else:
         b[:, [1, 3]] = h - t.boxes[:, [3, 1]]
         if p is not None:
             p[..., 1] = h - p[..., 1]
         if img is not None:
-            img = np.ascontiguousarray(img[::-1])
+            img = cv2.flip(img, 0)
     return img, Targets(b, t.classes, t.ignore, p)
 
 
