@@ -61,7 +61,7 @@ def by_line(problems, file_end):
 
 
 def test_every_bad_line_is_reported_with_file_and_line(bad_yolo):
-    ds = load_dataset(bad_yolo / "data.yaml")
+    ds = load_dataset(bad_yolo / "data.yaml", malformed="drop")  # keep the image, drop the bad rows
     lines = by_line(ds.problems, "good1.txt")
     assert sorted(lines) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert "4 fields" in lines[2].reason
@@ -76,10 +76,26 @@ def test_every_bad_line_is_reported_with_file_and_line(bad_yolo):
     rec = next(r for r in ds if r.image_id == "good1")
     assert len(rec) == 3  # lines 1, 7 (clipped), 12
     np.testing.assert_allclose(rec.boxes[1], [(0.95 - 0.15) * 64, (0.5 - 0.1) * 48, 64, (0.5 + 0.1) * 48], atol=1e-4)
+    assert {p.kind for n, p in lines.items()} == {"malformed", "class_id", "degenerate", "clipped", "duplicate"}
+
+
+def test_unreadable_rows_leave_their_image_out_by_default(bad_yolo):
+    """Rows that cannot be read describe unknown objects: training on the image would teach that they are
+    background, so (as in Ultralytics) the image is left out, and says why."""
+    ds = load_dataset(bad_yolo / "data.yaml")
+    assert "good1" not in [r.image_id for r in ds]
+    (p,) = [p for p in ds.problems if p.file.endswith("good1.jpg")]
+    assert p.action == "skipped" and p.kind == "labels"
+    assert "6 label row(s) unreadable" in p.reason and "good1.txt:2" in p.reason  # lines 2, 3, 4, 6, 9, 10
+    # degenerate, duplicate and clipped rows alone keep the image
+    (bad_yolo / "labels" / "train" / "good1.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0 0.1\n")
+    assert len(next(r for r in load_dataset(bad_yolo / "data.yaml") if r.image_id == "good1")) == 1
+    with pytest.raises(ValueError, match="malformed must be"):
+        load_dataset(bad_yolo / "data.yaml", malformed="ignore")
 
 
 def test_bad_images_are_skipped_and_counted(bad_yolo):
-    ds = load_dataset(bad_yolo / "data.yaml")
+    ds = load_dataset(bad_yolo / "data.yaml", malformed="drop")
     assert sorted(r.image_id for r in ds) == ["background", "good1", "good2"]
     skipped = {p.file.rsplit("/", 1)[-1]: p.reason for p in ds.problems if p.action == "skipped"}
     assert set(skipped) == {"truncated.jpg", "text.jpg", "empty.jpg"}
@@ -95,7 +111,8 @@ def test_bad_images_are_skipped_and_counted(bad_yolo):
 def test_check_report_and_cli_json(bad_yolo, capsys):
     rep = check_dataset(bad_yolo / "data.yaml")  # train and val are the same folder: checked once
     assert list(rep["splits"]) == ["train"]
-    assert (rep["images"], rep["boxes"], rep["background_images"], rep["skipped"]) == (3, 5, 1, 3)
+    # good1 is left out for its unreadable rows, beside the 3 broken images
+    assert (rep["images"], rep["boxes"], rep["background_images"], rep["skipped"]) == (2, 2, 1, 4)
     assert rep["clipped_boxes"] == 1 and rep["dropped_boxes"] == 8
     text = format_report(rep)
     assert "good1.txt:2" in text and "truncated.jpg" in text
@@ -168,7 +185,9 @@ def test_visdrone_bad_rows(tmp_path):
             "80,80,5,5,1,11,0,0"]        # 8 others: dropped
     (root / "annotations" / "a.txt").write_text("\n".join(rows) + "\n")
     (root / "annotations" / "b.txt").write_text("1,1,2,2,1,1,0,0\n")  # no image
-    ds = load_dataset(root)
+    with pytest.raises(ValueError, match="no usable images.*left out"):  # its only image has unreadable rows
+        load_dataset(root)
+    ds = load_dataset(root, malformed="drop")
     lines = by_line(ds.problems, "a.txt")
     assert sorted(lines) == [2, 3, 4, 5, 8]
     assert "7 fields" in lines[2].reason and "not in 0..11" in lines[3].reason
@@ -192,7 +211,8 @@ def test_voc_and_dota_bad_rows(tmp_path):
     (voc / "Annotations" / "b.xml").write_text("<annotation>\n<size>\n<width>120</oops>\n</annotation>\n")
     (voc / "Annotations" / "c.xml").write_text(  # <size> disagrees with the file
         "<annotation>\n<size><width>640</width><height>480</height></size>\n" + obj.format("cat", 10) + "\n</annotation>\n")
-    ds = load_dataset(voc)
+    assert sorted(r.image_id for r in load_dataset(voc)) == ["c"]  # a.xml has a non-numeric xmin
+    ds = load_dataset(voc, malformed="drop")
     a = by_line(ds.problems, "a.xml")
     assert "unknown class 'unicorn'" in a[4].reason and "bndbox" in a[5].reason
     (b,) = [p for p in ds.problems if p.file.endswith("b.xml")]
@@ -208,7 +228,7 @@ def test_voc_and_dota_bad_rows(tmp_path):
     (dota / "labelTxt" / "P1.txt").write_bytes(
         b"imagesource:GoogleEarth\r\ngsd:0.5\r\n10 10 40 10 40 30 10 30 plane 0\r\n10 10 40 10 40 30 plane 0\r\n"
         b"10 10 40 10 40 30 10 30 container-crane 1\r\n50 50 60 50 60 55 50 55 ship\r\n")
-    ds = load_dataset(dota)
+    ds = load_dataset(dota, malformed="drop")
     d = by_line(ds.problems, "P1.txt")
     assert sorted(d) == [4, 5] and "8 fields" in d[4].reason and "DOTA_V2_NAMES" in d[5].reason
     (r,) = ds.records

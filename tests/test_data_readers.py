@@ -191,7 +191,8 @@ def test_coco_json(tmp_path):
     cats = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 5, "name": "airplane"}]
     js = tmp_path / "instances_val.json"
     js.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    ds = load_dataset(js, "val")
+    assert [r.image_id for r in load_dataset(js, "val")] == [imgs[0].stem, imgs[2].stem]  # 101: bad category
+    ds = load_dataset(js, "val", malformed="drop")
     assert ds.names == ["person", "airplane", "toothbrush"]  # by category id, contiguous 0..2
     r0, r1, r2 = ds.records
     np.testing.assert_allclose(r0.boxes, [[10, 20, 40, 60], [5, 5, 55, 65]])
@@ -222,3 +223,23 @@ def test_round_trip_through_yolo(src, tmp_path, request):
             # when corners move by 1e-6: compare areas, not parameters
             np.testing.assert_allclose(b.obb[:, 2] * b.obb[:, 3], a.obb[order_a, 2] * a.obb[order_a, 3], rtol=5e-3)
     assert os.path.islink(os.path.join(tmp_path, "yolo", "images", "train", os.path.basename(ds[0].path)))
+
+
+def test_yolo_split_as_list_of_dirs_and_obb_txt(tmp_path):
+    """train: [dir, dir]; the OBB label variant (9 fields) is detected and read as polygons."""
+    import cv2 as _cv2
+    for part in ("a", "b"):
+        (tmp_path / "images" / part).mkdir(parents=True)
+        (tmp_path / "labels" / part).mkdir(parents=True)
+        _cv2.imwrite(str(tmp_path / "images" / part / f"{part}.png"), np.zeros((50, 100, 3), np.uint8))
+        (tmp_path / "labels" / part / f"{part}.txt").write_text("1 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"path": ".", "train": ["images/a", "images/b"],
+                                                     "val": "images/b", "names": {0: "x", 1: "y"}}))
+    ds = load_dataset(tmp_path / "d.yaml")
+    assert [r.image_id for r in ds] == ["a", "b"] and ds.obb and ds.names == ["x", "y"]
+    np.testing.assert_allclose(ds[0].polygons[0], [[10, 10], [50, 10], [50, 30], [10, 30]], atol=1e-4)
+    np.testing.assert_allclose(ds[0].boxes[0], [10, 10, 50, 30], atol=1e-4)
+    np.testing.assert_allclose(ds[0].obb[0], [30, 20, 40, 20, 0], atol=1e-4)
+    assert len(load_dataset(tmp_path / "d.yaml", "val")) == 1
+    with pytest.raises(ValueError, match="no 'test' split"):
+        load_dataset(tmp_path / "d.yaml", "test")

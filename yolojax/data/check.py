@@ -36,7 +36,7 @@ def decode_check(ds: Dataset, workers: int = 2, progress: bool = False) -> Datas
                 bad[path] = err
     if not bad:
         return ds
-    problems = list(ds.problems) + [Problem(p, None, e, "skipped") for p, e in bad.items()]
+    problems = list(ds.problems) + [Problem(p, None, e, "skipped", "image") for p, e in bad.items()]
     records = [r for r in ds.records if r.path not in bad]
     if not records:
         raise ValueError(f"{ds.root}: no image of split {ds.split!r} decodes ({len(bad)} failed)")
@@ -54,7 +54,7 @@ def check_dataset(path: str | os.PathLike | Dataset, split: str | None = None, f
     images, labeled_images, background_images, skipped (images left out), boxes (targets), ignored_boxes,
     boxes_per_class, dropped_boxes, clipped_boxes, warnings, label_files, label_lines, dropped_others,
     duplicate_boxes, orphan_label_files, orphan_label_lines, missing_label_files; plus format, path, names,
-    obb, splits (the same counts per split) and problems (list of {file, line, reason, action}).
+    obb, splits (the same counts per split) and problems (list of {file, line, reason, action, kind}).
     Raises ValueError naming the path when no split has a usable image.
     """
     if isinstance(path, Dataset):
@@ -114,7 +114,7 @@ def format_report(rep: dict, max_per_reason: int = 5) -> str:
         return "\n".join(lines)
     groups = collections.defaultdict(list)
     for p in rep["problems"]:
-        groups[(p["action"], _kind(p["reason"]))].append(p)
+        groups[(p["action"], p.get("kind") or _kind(p["reason"]))].append(p)
     lines.append(f"  {len(rep['problems'])} problems:")
     for (action, kind), ps in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         lines.append(f"    [{action}] {kind}: {len(ps)}")

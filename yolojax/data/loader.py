@@ -178,7 +178,7 @@ class Loader:
                         self._bad[j] = str(e)
                         self.problems.append(Problem(self.dataset[j].path, None,
                                                      f"{str(e).split(': ', 1)[-1]}: replaced by the next image",
-                                                     "skipped"))
+                                                     "skipped", "image"))
                 continue
             item[0].setflags(write=False)  # shared through the cache: transforms must copy
             if self._cache_cap:

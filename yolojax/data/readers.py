@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from yolojax.data import geometry as geo
 from yolojax.data.imageio import ImageError, image_size, is_image
-from yolojax.data.records import Dataset, Problem, Record
+from yolojax.data.records import MALFORMED_KINDS, Dataset, Problem, Record
 
 VISDRONE_NAMES = ["pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle", "bus",
                   "motor"]
@@ -94,34 +94,35 @@ def _validate(file: str, shape: tuple[int, int], rows: _Rows, nc: int, problems:
     polys = np.asarray(rows.polys, np.float64).reshape(n, 4, 2) if rows.with_polygons else None
     keep = np.ones(n, bool)
 
-    def report(i, reason, action="dropped"):
+    def report(i, reason, kind, action="dropped"):
         if row_name is None:
-            problems.append(Problem(file, int(lines[i]), reason, action))
+            problems.append(Problem(file, int(lines[i]), reason, action, kind))
         else:
-            problems.append(Problem(file, None, f"{row_name} {lines[i]}: {reason}", action))
+            problems.append(Problem(file, None, f"{row_name} {lines[i]}: {reason}", action, kind))
 
-    def drop(mask, reason_fn):
+    def drop(mask, reason_fn, kind):
         for i in np.flatnonzero(mask & keep):
-            report(i, reason_fn(i))
+            report(i, reason_fn(i), kind)
         keep[mask] = False
 
     finite = np.isfinite(boxes).all(1) & (np.isfinite(polys).all((1, 2)) if polys is not None else True)
-    drop(~finite, lambda i: "non-finite coordinate (nan/inf)")
+    drop(~finite, lambda i: "non-finite coordinate (nan/inf)", "malformed")
     bad_cls = ((classes < 0) & ~((classes == IGNORE_CLASS) & ignore)) | (classes >= nc)
-    drop(bad_cls, lambda i: f"class id {classes[i]} out of range [0, {nc})")
+    drop(bad_cls, lambda i: f"class id {classes[i]} out of range [0, {nc})", "class_id")
     with np.errstate(invalid="ignore"):
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        drop(~((bw > 0) & (bh > 0)), lambda i: f"degenerate box (width {bw[i]:.6g}, height {bh[i]:.6g})")
+        drop(~((bw > 0) & (bh > 0)), lambda i: f"degenerate box (width {bw[i]:.6g}, height {bh[i]:.6g})",
+             "degenerate")
         over = np.maximum.reduce([-boxes[:, 0], -boxes[:, 1], boxes[:, 2] - w, boxes[:, 3] - h])
     clipped = boxes.copy()
     clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, w)
     clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, h)
     cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     drop(~((cw > 0) & (ch > 0)), lambda i: f"box {np.round(boxes[i], 2).tolist()} lies outside the "
-                                           f"{w}x{h} image")
+                                           f"{w}x{h} image", "outside")
     for i in np.flatnonzero(keep & (over > CLIP_REPORT_PX)):
         report(i, f"box {np.round(boxes[i], 2).tolist()} extends {over[i]:.1f} px outside the {w}x{h} image",
-               "clipped")
+               "clipped", "clipped")
     # exact duplicates (same class, flag and coordinates); the first occurrence stays
     key = np.concatenate([classes[:, None], ignore[:, None], boxes if polys is None else polys.reshape(n, 8)],
                          axis=1)
@@ -132,7 +133,7 @@ def _validate(file: str, shape: tuple[int, int], rows: _Rows, nc: int, problems:
         firsts = idx[first[inverse.reshape(-1)]]
         dup[idx] = firsts != idx
         for i in np.flatnonzero(dup):
-            report(i, f"duplicate of {row_name or 'line'} {lines[firsts[np.searchsorted(idx, i)]]}")
+            report(i, f"duplicate of {row_name or 'line'} {lines[firsts[np.searchsorted(idx, i)]]}", "duplicate")
         stats["duplicate_boxes"] += int(dup.sum())
         keep &= ~dup
     out = {"boxes": clipped[keep].astype(np.float32), "classes": classes[keep].astype(np.int32),
@@ -149,18 +150,38 @@ def _validate(file: str, shape: tuple[int, int], rows: _Rows, nc: int, problems:
     return out
 
 
+def _malformed(problems: list[Problem], start: int, files) -> list[Problem]:
+    return [p for p in problems[start:] if p.kind in MALFORMED_KINDS and p.file in files]
+
+
+def _leave_out(img: str, bad: list[Problem], problems: list[Problem], policy: str) -> bool:
+    """Whether an image is left out for label rows that could not be read (policy 'skip'); says so."""
+    if not bad or policy == "drop":
+        return False
+    first = bad[0]
+    where = first.file if first.line is None else f"{first.file}:{first.line}"
+    problems.append(Problem(img, None, f"left out: {len(bad)} label row(s) unreadable (first {where}: {first.reason}); "
+                            "its objects are not all known", "skipped", "labels"))
+    return True
+
+
+def _check_policy(malformed: str) -> None:
+    if malformed not in ("skip", "drop"):
+        raise ValueError(f"malformed must be 'skip' (leave the image out) or 'drop' (drop the row), got {malformed!r}")
+
+
 def _read_text(path: str, problems: list[Problem]) -> list[str] | None:
     """Lines of a text annotation file (CRLF or LF); None (and a problem) when it cannot be read."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        problems.append(Problem(path, None, f"cannot read annotation file ({e.strerror})", "skipped"))
+        problems.append(Problem(path, None, f"cannot read annotation file ({e.strerror})", "skipped", "label_file"))
         return None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        problems.append(Problem(path, None, "annotation file is not UTF-8 text", "skipped"))
+        problems.append(Problem(path, None, "annotation file is not UTF-8 text", "skipped", "label_file"))
         return None
     return text.splitlines()
 
@@ -173,7 +194,7 @@ def _image_shape(path: str, problems: list[Problem]) -> tuple[int, int] | None:
     try:
         return image_size(path)
     except ImageError as e:
-        problems.append(Problem(path, None, str(e).split(": ", 1)[-1], "skipped"))
+        problems.append(Problem(path, None, str(e).split(": ", 1)[-1], "skipped", "image"))
         return None
 
 
@@ -192,8 +213,10 @@ def _stem(path: str) -> str:
 
 def _finish(records, names, root, fmt, split, problems, stats, obb=False) -> Dataset:
     if not records:
-        raise ValueError(f"{root}: no usable images found for split {split!r} ({fmt} format)"
-                         + (f"; {len(problems)} problems, first: {problems[0]}" if problems else ""))
+        skipped = [p for p in problems if p.action == "skipped"]
+        why = (f"; {len(skipped)} images left out, first: {skipped[0]}" if skipped else
+               f"; {len(problems)} problems, first: {problems[0]}" if problems else "")
+        raise ValueError(f"{root}: no usable images found for split {split!r} ({fmt} format){why}")
     return Dataset(records=records, names=list(names), root=root, format=fmt, split=split, problems=problems,
                    stats=stats, obb=obb)
 
@@ -203,7 +226,7 @@ def _orphans(label_files: Iterable[str], used: set[str], problems, stats, what="
         stats["orphan_label_files"] += 1
         lines = _read_text(lf, [])
         stats["orphan_label_lines"] += sum(1 for ln in (lines or []) if ln.strip())
-        problems.append(Problem(lf, None, f"orphan {what}: no image for it", "warning"))
+        problems.append(Problem(lf, None, f"orphan {what}: no image for it", "warning", "orphan"))
 
 
 # ---------------------------------------------------------------------------------------- YOLO / yaml
@@ -287,7 +310,7 @@ def _split_images(sources: list[str], where: str, problems: list[Problem]) -> tu
                     cand = os.path.join(parent, s)
                     p = cand if os.path.exists(cand) else os.path.abspath(s)
                 if not is_image(p):
-                    problems.append(Problem(src, i, f"not an image path: {s!r}", "skipped"))
+                    problems.append(Problem(src, i, f"not an image path: {s!r}", "skipped", "list_entry"))
                 else:
                     images.append(os.path.normpath(p))
         elif os.path.isfile(src) and is_image(src):
@@ -311,17 +334,18 @@ def _parse_yolo_lines(lf: str, lines: list[str], problems: list[Problem]):
             continue
         n = len(parts)
         if not (n == 5 or (n >= 7 and n % 2 == 1)):
-            problems.append(Problem(lf, i, f"{n} fields, expected 5 (cls cx cy w h) or 9 (cls x1 y1 ... x4 y4)"))
+            problems.append(Problem(lf, i, f"{n} fields, expected 5 (cls cx cy w h) or 9 (cls x1 y1 ... x4 y4)",
+                                    kind="malformed"))
             continue
         try:
             vals = [_num(t) for t in parts]
         except ValueError:
             bad = next(t for t in parts if not _is_float(t))
-            problems.append(Problem(lf, i, f"non-numeric field {bad!r}"))
+            problems.append(Problem(lf, i, f"non-numeric field {bad!r}", kind="malformed"))
             continue
         c = vals[0]
         if not math.isfinite(c) or c != int(c):
-            problems.append(Problem(lf, i, f"class id {parts[0]!r} is not an integer"))
+            problems.append(Problem(lf, i, f"class id {parts[0]!r} is not an integer", kind="malformed"))
             continue
         out.append((i, int(c), vals[1:]))
     return out
@@ -336,7 +360,7 @@ def _is_float(t: str) -> bool:
 
 
 def _load_yolo_split(images: list[str], names: list[str], root: str, split: str, label_dirs: list[str],
-                     obb: bool | None, problems: list[Problem], progress: bool) -> Dataset:
+                     obb: bool | None, problems: list[Problem], progress: bool, malformed: str) -> Dataset:
     stats = collections.Counter()
     parsed = []  # (img, shape, label_file, rows)
     used_labels = set()
@@ -351,7 +375,7 @@ def _load_yolo_split(images: list[str], names: list[str], root: str, split: str,
             used_labels.add(lf)
             lines = _read_text(lf, problems)
             if lines is None:
-                problems.append(Problem(img, None, "its label file cannot be read", "skipped"))
+                problems.append(Problem(img, None, "its label file cannot be read", "skipped", "label_file"))
                 continue
             stats["label_files"] += 1
             stats["label_lines"] += sum(1 for ln in lines if ln.strip())
@@ -363,13 +387,17 @@ def _load_yolo_split(images: list[str], names: list[str], root: str, split: str,
         if os.path.isfile(igf):
             ign_rows = _parse_yolo_lines(igf, _read_text(igf, problems) or [], problems)
         parsed.append((img, shape, lf, rows, igf, ign_rows))
+    parse_bad = collections.defaultdict(list)
+    for p in problems:
+        if p.kind in MALFORMED_KINDS:
+            parse_bad[p.file].append(p)
     counts = collections.Counter(len(v) for *_, rows, _, ign in parsed for _, _, v in rows + ign)
     if obb is None:
         obb = bool(counts) and set(counts) == {8}
     records = []
     for img, shape, lf, rows, igf, ign_rows in parsed:
         h, w = shape
-        stat_rows = []
+        start = len(problems)
         per_file = []
         for file, rr, ig in ((lf, rows, False), (igf, ign_rows, True)):
             if not rr:
@@ -378,7 +406,8 @@ def _load_yolo_split(images: list[str], names: list[str], root: str, split: str,
             for line, c, v in rr:
                 if obb:
                     if len(v) != 8:
-                        problems.append(Problem(file, line, f"{len(v) + 1} fields in an OBB dataset, expected 9"))
+                        problems.append(Problem(file, line, f"{len(v) + 1} fields in an OBB dataset, expected 9",
+                                                kind="malformed"))
                         continue
                     r.add(line, c, poly=np.asarray(v).reshape(4, 2) * (w, h), ignore=ig)
                 elif len(v) == 4:
@@ -388,8 +417,9 @@ def _load_yolo_split(images: list[str], names: list[str], root: str, split: str,
                 else:  # a segment polygon (or a 4-point one in a box dataset): its bounds, as Ultralytics does
                     r.add(line, c, poly=np.asarray(v).reshape(-1, 2) * (w, h), ignore=ig)
             per_file.append(_validate(file, shape, r, len(names), problems, stats))
-        stat_rows = per_file
-        fields = _merge(stat_rows, obb)
+        if _leave_out(img, parse_bad[lf] + parse_bad[igf] + _malformed(problems, start, (lf, igf)), problems, malformed):
+            continue
+        fields = _merge(per_file, obb)
         records.append(Record(path=img, image_id=_stem(img), shape=shape,
                               label_path=lf if os.path.isfile(lf) else None, **fields))
     # orphans: label files in the label dirs of directory splits that no image claims
@@ -411,8 +441,14 @@ def _merge(parts: list[dict], obb: bool) -> dict:
 
 
 def load_yolo(path: str, split: str = "train", *, names: Sequence[str] | None = None, obb: bool | None = None,
-              progress: bool = False) -> Dataset:
-    """Ultralytics dataset: a data YAML, a dir holding one, or a dir with images/[split] and labels/[split]."""
+              malformed: str = "skip", progress: bool = False) -> Dataset:
+    """Ultralytics dataset: a data YAML, a dir holding one, or a dir with images/[split] and labels/[split].
+
+    obb None: oriented boxes when every label row has 9 fields (`cls x1 y1 ... x4 y4`). Rows with more
+    points are segments: their bounds are used. Ignore rows may sit in ignore/ beside labels/ (written by
+    `convert_dataset`). malformed='skip' leaves out an image with an unreadable label row, 'drop' only
+    the row."""
+    _check_policy(malformed)
     problems: list[Problem] = []
     if os.path.isfile(path):
         cfg = read_data_yaml(path)
@@ -427,7 +463,7 @@ def load_yolo(path: str, split: str = "train", *, names: Sequence[str] | None = 
                        glob.glob(os.path.join(glob.escape(path), "*.yml")))
         if yamls:
             pick = [y for y in yamls if os.path.basename(y) in ("data.yaml", "dataset.yaml")] or yamls
-            return load_yolo(pick[0], split, names=names, obb=obb, progress=progress)
+            return load_yolo(pick[0], split, names=names, obb=obb, malformed=malformed, progress=progress)
         imgdir = os.path.join(path, "images")
         if not os.path.isdir(imgdir):
             raise ValueError(f"{path}: not a YOLO dataset (no data YAML and no images/ folder)")
@@ -446,8 +482,8 @@ def load_yolo(path: str, split: str = "train", *, names: Sequence[str] | None = 
     if names is None:
         names = _names_from_labels(images)
         problems.append(Problem(path, None, f"no class names given: using ids 0..{len(names) - 1} as names",
-                                "warning"))
-    return _load_yolo_split(images, list(names), root, split, dirs, obb, problems, progress)
+                                "warning", "names"))
+    return _load_yolo_split(images, list(names), root, split, dirs, obb, problems, progress, malformed)
 
 
 def _names_beside(path: str) -> list[str] | None:
@@ -487,13 +523,15 @@ def _find_split_dir(path: str, split: str, marker: str) -> str:
     raise ValueError(f"{path}: no single folder for split {split!r} with {marker}/ (found {subs})")
 
 
-def load_visdrone(path: str, split: str = "train", *, others: str = "drop", progress: bool = False) -> Dataset:
+def load_visdrone(path: str, split: str = "train", *, others: str = "drop", malformed: str = "skip",
+                  progress: bool = False) -> Dataset:
     """VisDrone-DET: images/*.jpg + annotations/*.txt rows `left,top,w,h,score,category,trunc,occl`.
 
     category 0 (ignored region) and score 0 become ignore rows (category 0 has no class: IGNORE_CLASS);
     category 11 (others) is dropped and counted (`others='ignore'` keeps it as an ignore row instead).
-    Classes 1..10 map to 0..9 (VISDRONE_NAMES).
+    Classes 1..10 map to 0..9 (VISDRONE_NAMES). malformed: as in `load_yolo`.
     """
+    _check_policy(malformed)
     if others not in ("drop", "ignore"):
         raise ValueError(f"others must be 'drop' or 'ignore', got {others!r}")
     d = _find_split_dir(path, split, "annotations")
@@ -508,14 +546,16 @@ def load_visdrone(path: str, split: str = "train", *, others: str = "drop", prog
         used.add(af)
         if shape is None:
             continue
+        start = len(problems)
         rows = _Rows()
         if not os.path.isfile(af):
             stats["missing_label_files"] += 1
-            problems.append(Problem(img, None, "no annotation file: used as a background image", "warning"))
+            problems.append(Problem(img, None, "no annotation file: used as a background image", "warning",
+                                    "missing_label"))
         else:
             lines = _read_text(af, problems)
             if lines is None:
-                problems.append(Problem(img, None, "its annotation file cannot be read", "skipped"))
+                problems.append(Problem(img, None, "its annotation file cannot be read", "skipped", "label_file"))
                 continue
             stats["label_files"] += 1
             for i, raw in enumerate(lines, 1):
@@ -528,22 +568,23 @@ def load_visdrone(path: str, split: str = "train", *, others: str = "drop", prog
                     parts.pop()
                 if len(parts) != 8:
                     problems.append(Problem(af, i, f"{len(parts)} fields, expected 8 "
-                                                   "(left,top,width,height,score,category,truncation,occlusion)"))
+                                                   "(left,top,width,height,score,category,truncation,occlusion)",
+                                            kind="malformed"))
                     continue
                 try:
                     v = [_num(t) for t in parts]
                 except ValueError:
                     bad = next(t for t in parts if not _is_float(t))
-                    problems.append(Problem(af, i, f"non-numeric field {bad!r}"))
+                    problems.append(Problem(af, i, f"non-numeric field {bad!r}", kind="malformed"))
                     continue
                 left, top, bw, bh, score, cat = v[:6]
                 if not math.isfinite(cat) or cat != int(cat) or not 0 <= cat <= 11:
-                    problems.append(Problem(af, i, f"category {parts[5]!r} not in 0..11"))
+                    problems.append(Problem(af, i, f"category {parts[5]!r} not in 0..11", kind="class_id"))
                     continue
                 cat = int(cat)
                 if cat == 11 and others == "drop":
                     stats["dropped_others"] += 1
-                    problems.append(Problem(af, i, "category 11 (others) dropped"))
+                    problems.append(Problem(af, i, "category 11 (others) dropped", kind="others"))
                     continue
                 box = (left, top, left + bw, top + bh)
                 if cat == 0 or cat == 11:
@@ -551,6 +592,8 @@ def load_visdrone(path: str, split: str = "train", *, others: str = "drop", prog
                 else:
                     rows.add(i, cat - 1, box=box, ignore=score == 0)
         fields = _validate(af, shape, rows, len(VISDRONE_NAMES), problems, stats)
+        if _leave_out(img, _malformed(problems, start, (af,)), problems, malformed):
+            continue
         records.append(Record(path=img, image_id=_stem(img), shape=shape,
                               label_path=af if os.path.isfile(af) else None, **fields))
     _orphans(glob.glob(os.path.join(glob.escape(d), "annotations", "*.txt")), used, problems, stats,
@@ -576,13 +619,15 @@ def _parse_xml(path: str) -> ET.Element:
     return builder.close()
 
 
-def load_voc(path: str, split: str = "train", *, names: Sequence[str] | None = None,
+def load_voc(path: str, split: str = "train", *, names: Sequence[str] | None = None, malformed: str = "skip",
              progress: bool = False) -> Dataset:
     """PASCAL VOC: Annotations/*.xml (+ JPEGImages/, optional ImageSets/Main/<split>.txt, voc.names).
 
     difficult objects become ignore rows. Coordinates are 1-based in VOC: 1 is subtracted (as Ultralytics'
     VOC converter does). Names: `names`, else voc.names beside Annotations/, else the 20 VOC classes.
+    Objects of other classes are dropped (reported). malformed: as in `load_yolo`.
     """
+    _check_policy(malformed)
     d = _find_split_dir(path, split, "Annotations")
     problems: list[Problem] = []
     stats = collections.Counter()
@@ -602,27 +647,29 @@ def load_voc(path: str, split: str = "train", *, names: Sequence[str] | None = N
         try:
             root = _parse_xml(xf)
         except FileNotFoundError:
-            problems.append(Problem(xf, None, "annotation file not found", "skipped"))
+            problems.append(Problem(xf, None, "annotation file not found", "skipped", "label_file"))
             continue
         except xml.parsers.expat.ExpatError as e:
             problems.append(Problem(xf, e.lineno, f"invalid XML ({xml.parsers.expat.ErrorString(e.code)})",
-                                    "skipped"))
+                                    "skipped", "label_file"))
             continue
         stats["label_files"] += 1
         img = _voc_image(d, xf, root)
         if img is None:
-            problems.append(Problem(xf, None, "no image for this annotation in JPEGImages/", "skipped"))
+            problems.append(Problem(xf, None, "no image for this annotation in JPEGImages/", "skipped", "image"))
             continue
         shape = _image_shape(img, problems)
         if shape is None:
             continue
+        start = len(problems)
         size = root.find("size")
         if size is not None:
             try:
                 sw, sh = int(float(size.findtext("width"))), int(float(size.findtext("height")))
                 if (sw, sh) != (shape[1], shape[0]) and sw > 0 and sh > 0:
                     problems.append(Problem(xf, int(size.get("__line__")), f"<size> says {sw}x{sh}, image is "
-                                            f"{shape[1]}x{shape[0]}: the image size is used", "warning"))
+                                            f"{shape[1]}x{shape[0]}: the image size is used", "warning",
+                                            "size_mismatch"))
             except (TypeError, ValueError):
                 pass
         rows = _Rows()
@@ -631,17 +678,20 @@ def load_voc(path: str, split: str = "train", *, names: Sequence[str] | None = N
             stats["label_lines"] += 1
             name = (obj.findtext("name") or "").strip()
             if name not in index:
-                problems.append(Problem(xf, line, f"unknown class {name!r}"))
+                problems.append(Problem(xf, line, f"unknown class {name!r}", kind="unknown_class"))
                 continue
             bb = obj.find("bndbox")
             try:
                 x1, y1, x2, y2 = (float(bb.findtext(k)) - 1 for k in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
-                problems.append(Problem(xf, line, "object without a numeric <bndbox> xmin/ymin/xmax/ymax"))
+                problems.append(Problem(xf, line, "object without a numeric <bndbox> xmin/ymin/xmax/ymax",
+                                        kind="malformed"))
                 continue
             diff = (obj.findtext("difficult") or "0").strip()
             rows.add(line, index[name], box=(x1, y1, x2, y2), ignore=diff not in ("0", ""))
         fields = _validate(xf, shape, rows, len(names), problems, stats)
+        if _leave_out(img, _malformed(problems, start, (xf,)), problems, malformed):
+            continue
         records.append(Record(path=img, image_id=_stem(img), shape=shape, label_path=xf, **fields))
     return _finish(records, names, d, "voc", split, problems, stats)
 
@@ -657,10 +707,13 @@ def _voc_image(d: str, xf: str, root: ET.Element) -> str | None:
 
 # ----------------------------------------------------------------------------------------------- COCO
 
-def load_coco(path: str, split: str = "train", *, images_dir: str | None = None, progress: bool = False) -> Dataset:
+def load_coco(path: str, split: str = "train", *, images_dir: str | None = None, malformed: str = "skip",
+              progress: bool = False) -> Dataset:
     """COCO instances JSON. Category ids are remapped to 0..nc-1 in id order (names from `categories`);
     iscrowd (and an `ignore` flag) make ignore rows. Images are looked up in images_dir, else beside the
-    JSON, in images/, or in ../images/<name> and ../<name> where <name> comes from instances_<name>.json."""
+    JSON, in images/, or in ../images/<name> and ../<name> where <name> comes from instances_<name>.json.
+    malformed: as in `load_yolo` (an annotation without a valid bbox or category)."""
+    _check_policy(malformed)
     if os.path.isdir(path):
         cands = sorted(glob.glob(os.path.join(glob.escape(path), "annotations", "*.json")) +
                        glob.glob(os.path.join(glob.escape(path), "*.json")))
@@ -693,50 +746,59 @@ def load_coco(path: str, split: str = "train", *, images_dir: str | None = None,
     for iid in sorted(set(by_image) - image_ids, key=str):
         n = len(by_image[iid])
         stats["orphan_label_lines"] += n
-        problems.append(Problem(path, None, f"{n} annotations refer to image_id {iid} which is not in 'images'"))
+        problems.append(Problem(path, None, f"{n} annotations refer to image_id {iid} which is not in 'images'",
+                                kind="orphan"))
     records = []
     for im in _progress(data["images"], f"read {split}", progress):
         fn = str(im.get("file_name", ""))
         img = next((os.path.normpath(os.path.join(s, fn)) for s in search if s and os.path.isfile(os.path.join(s, fn))),
                    None)
         if img is None:
-            problems.append(Problem(path, None, f"image {fn!r} (id {im.get('id')}) not found in {search}", "skipped"))
+            problems.append(Problem(path, None, f"image {fn!r} (id {im.get('id')}) not found in {search}", "skipped",
+                                    "image"))
             continue
         shape = _image_shape(img, problems)
         if shape is None:
             continue
         if (im.get("height"), im.get("width")) not in ((shape[0], shape[1]), (None, None)):
             problems.append(Problem(path, None, f"image id {im.get('id')}: JSON says {im.get('width')}x{im.get('height')}, "
-                                    f"file is {shape[1]}x{shape[0]}: the file size is used", "warning"))
+                                    f"file is {shape[1]}x{shape[0]}: the file size is used", "warning",
+                                    "size_mismatch"))
+        start = len(problems)
         rows = _Rows()
         anns = by_image.get(im.get("id"), [])
         stats["label_lines"] += len(anns)
         for a in anns:
             aid = a.get("id")
             if a.get("category_id") not in cat_index:
-                problems.append(Problem(path, None, f"annotation id {aid}: unknown category_id {a.get('category_id')}"))
+                problems.append(Problem(path, None, f"annotation id {aid}: unknown category_id {a.get('category_id')}",
+                                        kind="class_id"))
                 continue
             try:
                 x, y, bw, bh = (float(v) for v in a["bbox"])
             except (KeyError, TypeError, ValueError):
-                problems.append(Problem(path, None, f"annotation id {aid}: bbox is not 4 numbers"))
+                problems.append(Problem(path, None, f"annotation id {aid}: bbox is not 4 numbers", kind="malformed"))
                 continue
             rows.add(aid if isinstance(aid, int) else -1, cat_index[a["category_id"]], box=(x, y, x + bw, y + bh),
                      ignore=bool(a.get("iscrowd", 0)) or bool(a.get("ignore", 0)))
         if anns:
             stats["label_files"] += 1
         fields = _validate(path, shape, rows, len(names), problems, stats, row_name="annotation id")
+        if _leave_out(img, _malformed(problems, start, (path,)), problems, malformed):
+            continue
         records.append(Record(path=img, image_id=_stem(img), shape=shape, label_path=path, **fields))
     return _finish(records, names, path, "coco", split, problems, stats)
 
 
 # ----------------------------------------------------------------------------------------------- DOTA
 
-def load_dota(path: str, split: str = "train", *, names: Sequence[str] | None = None,
+def load_dota(path: str, split: str = "train", *, names: Sequence[str] | None = None, malformed: str = "skip",
               progress: bool = False) -> Dataset:
     """DOTA: images/*.png + labelTxt/*.txt (`imagesource:`/`gsd:` headers, then
     `x1 y1 x2 y2 x3 y3 x4 y4 class difficult`, CRLF or LF, int or float). difficult=1 -> ignore row.
-    Records carry polygons and obb; boxes are the polygons' bounds clipped to the image."""
+    Records carry polygons and obb; boxes are the polygons' bounds clipped to the image. Objects of classes
+    not in `names` (default the 15 DOTA-v1.0 classes) are dropped (reported). malformed: as in `load_yolo`."""
+    _check_policy(malformed)
     d = _find_split_dir(path, split, "labelTxt")
     names = list(names or DOTA_NAMES)
     index = {n: i for i, n in enumerate(names)}
@@ -751,14 +813,16 @@ def load_dota(path: str, split: str = "train", *, names: Sequence[str] | None = 
         shape = _image_shape(img, problems)
         if shape is None:
             continue
+        start = len(problems)
         rows = _Rows(with_polygons=True)
         if not os.path.isfile(lf):
             stats["missing_label_files"] += 1
-            problems.append(Problem(img, None, "no labelTxt file: used as a background image", "warning"))
+            problems.append(Problem(img, None, "no labelTxt file: used as a background image", "warning",
+                                    "missing_label"))
         else:
             lines = _read_text(lf, problems)
             if lines is None:
-                problems.append(Problem(img, None, "its label file cannot be read", "skipped"))
+                problems.append(Problem(img, None, "its label file cannot be read", "skipped", "label_file"))
                 continue
             stats["label_files"] += 1
             for i, raw in enumerate(lines, 1):
@@ -768,22 +832,24 @@ def load_dota(path: str, split: str = "train", *, names: Sequence[str] | None = 
                 stats["label_lines"] += 1
                 if len(parts) not in (9, 10):
                     problems.append(Problem(lf, i, f"{len(parts)} fields, expected 10 "
-                                                   "(x1 y1 x2 y2 x3 y3 x4 y4 class difficult)"))
+                                                   "(x1 y1 x2 y2 x3 y3 x4 y4 class difficult)", kind="malformed"))
                     continue
                 try:
                     pts = [_num(t) for t in parts[:8]]
                 except ValueError:
                     bad = next(t for t in parts[:8] if not _is_float(t))
-                    problems.append(Problem(lf, i, f"non-numeric coordinate {bad!r}"))
+                    problems.append(Problem(lf, i, f"non-numeric coordinate {bad!r}", kind="malformed"))
                     continue
                 if parts[8] not in index:
                     problems.append(Problem(lf, i, f"unknown class {parts[8]!r}"
                                             + (" (a DOTA-v1.5/v2 class: pass names=DOTA_V2_NAMES)"
-                                               if parts[8] in DOTA_V2_NAMES else "")))
+                                               if parts[8] in DOTA_V2_NAMES else ""), kind="unknown_class"))
                     continue
                 difficult = len(parts) == 10 and parts[9] not in ("0",)
                 rows.add(i, index[parts[8]], poly=pts, ignore=difficult)
         fields = _validate(lf, shape, rows, len(names), problems, stats)
+        if _leave_out(img, _malformed(problems, start, (lf,)), problems, malformed):
+            continue
         records.append(Record(path=img, image_id=_stem(img), shape=shape,
                               label_path=lf if os.path.isfile(lf) else None, **fields))
     _orphans(glob.glob(os.path.join(glob.escape(d), "labelTxt", "*.txt")), used, problems, stats)
@@ -841,7 +907,10 @@ def load_dataset(path: str | os.PathLike, split: str = "train", format: str | No
     (Annotations/, JPEGImages/), a COCO .json (or a dir with annotations/*.json), a DOTA dir (images/,
     labelTxt/). Formats without a split definition (VisDrone, DOTA, VOC without ImageSets) read the folder
     for `split` if the path holds one per split, else the whole folder. kwargs go to the reader
-    (names, obb, others, images_dir). Raises ValueError naming the path when nothing usable is found.
+    (names, obb, others, images_dir, malformed). An image with an unreadable label row (wrong field count,
+    non-numeric, nan/inf, class id out of range) is left out by default (malformed='skip', as Ultralytics
+    does: its objects are not all known); malformed='drop' keeps it without that row. Raises ValueError
+    naming the path when nothing usable is found.
     """
     path = os.fspath(path)
     fmt = (format or detect_format(path)).lower()

@@ -12,21 +12,32 @@ import numpy as np
 ACTIONS = ("skipped", "dropped", "clipped", "warning")
 
 
+# Problem kinds that mean a label row could not be understood: the object it describes is unknown, so by
+# default its image is left out rather than trained on with an unlabeled object (as Ultralytics does).
+MALFORMED_KINDS = frozenset({"malformed", "class_id"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One finding about an input file. `line` is 1-based, None when it concerns the whole file."""
+    """One finding about an input file. `line` is 1-based, None when it concerns the whole file.
+
+    kind: a short code for grouping (malformed, class_id, unknown_class, degenerate, outside, clipped,
+    duplicate, others, image, labels, label_file, missing_label, orphan, size_mismatch, names, list_entry).
+    """
 
     file: str
     line: int | None
     reason: str
     action: str = "dropped"
+    kind: str = ""
 
     def __post_init__(self):
         if self.action not in ACTIONS:
             raise ValueError(f"Problem.action must be one of {ACTIONS}, got {self.action!r}")
 
     def as_dict(self) -> dict:
-        return {"file": self.file, "line": self.line, "reason": self.reason, "action": self.action}
+        return {"file": self.file, "line": self.line, "reason": self.reason, "action": self.action,
+                "kind": self.kind}
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
