@@ -33,6 +33,11 @@ class CheckpointMismatchError(ValueError):
 
 def _checkpointer():
     import orbax.checkpoint as ocp
+    if jax.process_count() > 1:
+        # Arrays here are host numpy copies and only the writing process saves: no cross-host barriers.
+        me = jax.process_index()
+        return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
     return ocp.StandardCheckpointer()
 
 
@@ -84,14 +89,20 @@ def save_model(directory: str | Path, spec: Spec, variables: Mapping, meta: Mapp
     """Write spec + {'params','batch_stats'} (+ meta) atomically to `directory`."""
     directory = Path(directory)
     meta = dict(meta or {})
+    with atomic_dir(directory) as tmp:
+        write_model_files(tmp, spec, variables, meta)
+    return directory
+
+
+def write_model_files(directory: Path, spec: Spec, variables: Mapping, meta: Mapping) -> None:
+    """spec.json + meta.json + variables/ into an (already atomic, temporary) directory."""
+    meta = dict(meta)
     meta.setdefault("format", "yolojax-model/1")
     meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    with atomic_dir(directory) as tmp:
-        (tmp / SPEC_FILE).write_text(spec.to_json())
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-        save_pytree(tmp / VARS_DIR, {"params": variables["params"],
-                                     "batch_stats": variables.get("batch_stats", {})})
-    return directory
+    (directory / SPEC_FILE).write_text(spec.to_json())
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    save_pytree(directory / VARS_DIR, {"params": variables["params"],
+                                       "batch_stats": variables.get("batch_stats", {})})
 
 
 def is_model_dir(path: str | Path) -> bool:

@@ -1,0 +1,216 @@
+"""Trainer: optimizer groups and schedules, data-parallel equivalence, NaN stop, kill -9 + resume, multi-host."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from yolojax.model import init_variables, tiny_spec
+from yolojax.train.config import TrainConfig
+from yolojax.train.optim import build_optimizer, make_schedules, param_labels
+from yolojax.train.step import create_state, make_train_step
+from tests.conftest import REPO
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+def test_param_groups_follow_ultralytics():
+    v = init_variables(tiny_spec(2), 0)
+    labels = param_labels(v["params"])
+    assert labels["model_0"]["conv"]["kernel"] == "decay"
+    assert labels["model_0"]["bn"]["scale"] == "bn"
+    assert labels["model_0"]["bn"]["bias"] == "bias"
+    assert labels["model_22"]["cv3_0_2"]["kernel"] == "decay"
+    assert labels["model_22"]["cv3_0_2"]["bias"] == "bias"
+
+
+def test_schedules_warmup_and_linear_decay():
+    cfg = TrainConfig(epochs=10, lr0=0.01, lrf=0.01, warmup_epochs=3, warmup_bias_lr=0.1)
+    lrs, mom, warmup = make_schedules(cfg, updates_per_epoch=50, lr0=0.01, momentum=0.937)
+    assert warmup == 150
+    assert float(lrs["bias"](0)) == pytest.approx(0.1)
+    assert float(lrs["decay"](0)) == pytest.approx(0.0)
+    assert float(mom(0)) == pytest.approx(0.8)
+    assert float(mom(75)) == pytest.approx(0.8 + 0.137 / 2, rel=1e-5)
+    # after warmup: lr0 * lf(epoch), lf linear from 1 to lrf, stepped per epoch
+    assert float(lrs["decay"](200)) == pytest.approx(0.01 * ((1 - 4 / 10) * 0.99 + 0.01), rel=1e-6)
+    assert float(lrs["bias"](499)) == pytest.approx(0.01 * ((1 - 9 / 10) * 0.99 + 0.01), rel=1e-6)
+    assert float(mom(400)) == pytest.approx(0.937)
+
+
+def test_weight_decay_only_on_kernels():
+    spec = tiny_spec(2)
+    v = init_variables(spec, 0)
+    cfg = TrainConfig(optimizer="sgd", batch=64, nbs=64, clip_norm=0, warmup_epochs=0, lr0=0.1)
+    tx, info = build_optimizer(cfg, v["params"], steps_per_epoch=10, nc=2)
+    trainable = {"model": v["params"], "aux": {}}
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    upd, _ = tx.update(zeros, tx.init(trainable), trainable)
+    # with zero gradients only decayed leaves move: -lr * wd * p
+    k = v["params"]["model_1"]["conv"]["kernel"]
+    np.testing.assert_allclose(upd["model"]["model_1"]["conv"]["kernel"], -0.1 * 5e-4 * k, rtol=1e-5, atol=1e-12)
+    assert float(jnp.abs(upd["model"]["model_1"]["bn"]["scale"]).max()) == 0.0
+    assert float(jnp.abs(upd["model"]["model_22"]["cv2_0_2"]["bias"]).max()) == 0.0
+
+
+def _batch(B=4, S=64, M=6, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, S - 20, (B, M, 2))
+    wh = rng.uniform(6, 20, (B, M, 2))
+    mask = np.arange(M)[None] < rng.integers(1, M + 1, (B, 1))
+    return {"images": rng.integers(0, 255, (B, S, S, 3), dtype=np.uint8),
+            "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
+            "classes": rng.integers(0, 2, (B, M)).astype(np.int32), "mask": mask,
+            "ignore": np.zeros((B, M), bool)}
+
+
+def test_non_finite_step_leaves_state_unchanged():
+    spec = tiny_spec(2)
+    v = init_variables(spec, 0)
+    tx = optax.sgd(0.01)
+    step = jax.jit(make_train_step(spec, tx))
+    state = create_state(v, tx)
+    batch = _batch()
+    good, m = step(state, batch)
+    assert bool(m["finite"]) and np.isfinite(float(m["loss"]))
+    batch["boxes"][0, 0] = np.nan
+    batch["mask"][0, 0] = True
+    bad, m = step(good, batch)
+    assert not bool(m["finite"])
+    for a, b in zip(jax.tree.leaves(bad), jax.tree.leaves(good)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+DP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, jax, optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    sys.path.insert(0, sys.argv[1])
+    from tests.test_train import _batch
+    from yolojax.model import init_variables, tiny_spec
+    from yolojax.train.step import create_state, make_train_step
+    assert jax.device_count() == 4, jax.devices()
+    spec = tiny_spec(2)
+    tx = optax.sgd(0.01, momentum=0.9)
+    state0 = create_state(init_variables(spec, 0), tx)
+    batch = _batch(B=8)
+    out = {}
+    for n in (1, 4):
+        mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
+        data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        step = jax.jit(make_train_step(spec, tx), in_shardings=(rep, data, rep), out_shardings=(rep, rep))
+        s = jax.device_put(state0, rep)
+        b = {k: jax.device_put(v, data) for k, v in batch.items()}
+        losses = []
+        for _ in range(2):
+            s, m = step(s, b, None)
+            losses.append(float(m["loss"]))
+        out[n] = dict(losses=losses, mean=np.asarray(s.batch_stats["model_0"]["bn"]["mean"]).tolist(),
+                      k=float(np.abs(np.asarray(s.params["model_1"]["conv"]["kernel"])).sum()))
+    print(json.dumps(out))
+""")
+
+
+def test_same_loss_on_1_and_4_devices():
+    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(REPO)], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    one, four = out["1"], out["4"]
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4)
+    # BN statistics are those of the whole global batch, not of a device's shard
+    np.testing.assert_allclose(four["mean"], one["mean"], rtol=1e-4, atol=1e-6)
+    assert four["k"] == pytest.approx(one["k"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from yolojax.data.synth import make_synthetic
+    return Path(make_synthetic(tmp_path_factory.mktemp("synth"), images=20, imgsz=64, seed=3, progress=False))
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "yolojax.cli", "train", "--data", str(data), "--model", "tiny", "-o", str(out),
+            "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--no-progress", "--val-every", "100",
+            *extra]
+
+
+def _steps(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "steps.csv").read_text().splitlines():
+        step, loss = line.split(",")[:2]
+        out[int(step)] = float(loss)  # a resumed run re-logs replayed steps: keep the last
+    return out
+
+
+@pytest.mark.slow
+def test_kill_then_resume_matches_uninterrupted_run(tmp_path, synth):
+    args = ("--epochs", "2", "--save-every-steps", "3")
+    ref = tmp_path / "ref"
+    r = subprocess.run(_train_cmd(synth, ref, *args), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    p = subprocess.Popen(_train_cmd(synth, run, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=ENV, cwd=REPO)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        info = run / "last" / "trainer.json"
+        if info.exists() and json.loads(info.read_text())["loader"]["batch"] >= 3:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = json.loads((run / "last" / "trainer.json").read_text())["loader"]
+    assert (killed_at["epoch"], killed_at["batch"]) < (2, 0)
+    r = subprocess.run(_train_cmd(synth, run, *args, "--resume"), capture_output=True, text=True, env=ENV,
+                       cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _steps(ref), _steps(run)
+    assert sorted(a) == sorted(b) and len(a) == 8
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-5), (k, a[k], b[k])
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_divergence_stops_with_clear_message(tmp_path, synth):
+    r = subprocess.run(_train_cmd(synth, tmp_path / "nan", "--epochs", "2", "--optimizer", "sgd", "--lr0", "1e30",
+                                  "--warmup-epochs", "0"),
+                       capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+    assert r.returncode != 0
+    assert "non-finite loss/gradients" in r.stderr and "last good checkpoint" in r.stderr
+    assert not [p for p in (tmp_path / "nan").iterdir() if p.name.startswith(".")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_distributed_training(tmp_path, synth):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        cmd = _train_cmd(synth, tmp_path / "dist", "--epochs", "1", "--coordinator", f"127.0.0.1:{port}",
+                         "--num-processes", "2", "--process-id", str(pid))
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                                      cwd=REPO))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    args = json.loads((tmp_path / "dist" / "args.json").read_text())
+    assert args["processes"] == 2 and len(args["devices"]) == 2
+    assert (tmp_path / "dist" / "last" / "spec.json").exists()
+    assert len(_steps(tmp_path / "dist")) == 5  # 20 train images... 16 train / batch 4 -> 4 steps? see below

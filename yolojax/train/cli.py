@@ -1,0 +1,216 @@
+"""`yolojax train`, `yolojax val`, `yolojax predict`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_SYNTH = Path("runs/synth")
+
+
+def default_data(images: int = 400, imgsz: int = 256, seed: int = 0) -> Path:
+    """The built-in synthetic aerial dataset (generated once, deterministic)."""
+    from ..data.synth import make_synthetic
+    out = DEFAULT_SYNTH / f"aerial-{images}-{imgsz}-{seed}"
+    if not (out / "data.yaml").exists():
+        print(f"generating the built-in synthetic aerial dataset in {out} ...", file=sys.stderr)
+        make_synthetic(out, images=images, imgsz=imgsz, seed=seed)
+    return out / "data.yaml"
+
+
+def _datasets(data: str | None, fmt: str | None, obb: bool = False):
+    from ..data import load_dataset
+    path = data or default_data()
+    train = load_dataset(path, "train", fmt)
+    try:
+        val = load_dataset(path, "val", fmt)
+    except ValueError as e:
+        print(f"no validation split ({e}); validating on the training images", file=sys.stderr)
+        val = train
+    for ds in (train, val):
+        if ds.problems:
+            print(f"{ds.root} [{ds.split}]: {len(ds.problems)} problems (skipped/clipped, see `yolojax data check`)",
+                  file=sys.stderr)
+    return train, val
+
+
+def config_from_args(args, **overrides):
+    from .config import TrainConfig
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def add_train_args(p: argparse.ArgumentParser, *, epochs: int = 100) -> None:
+    p.add_argument("--data", default=None, help="dataset (YAML/dir of any supported format); default: built-in synthetic")
+    p.add_argument("--format", default=None, help="dataset format (auto-detected)")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--imgsz", type=int, default=None, help="square training size (default 640)")
+    p.add_argument("--batch", type=int, default=None, help="global batch size (default 16)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--optimizer", choices=["sgd", "adamw", "auto"], default=None)
+    p.add_argument("--lr0", type=float, default=None)
+    p.add_argument("--nbs", type=int, default=None, help="nominal batch size for accumulation (default 64)")
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None)
+    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None)
+    p.add_argument("--no-mosaic", dest="mosaic", action="store_false", default=None)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="compute dtype (bfloat16 on GPU/TPU)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--val-every", dest="val_every", type=int, default=None)
+    p.add_argument("--save-every-steps", dest="save_every_steps", type=int, default=None)
+    p.add_argument("--sparsity", type=float, default=None, help="L1 rate on BN gammas (network slimming), e.g. 1e-4")
+    p.add_argument("--sparsity-schedule", dest="sparsity_schedule", choices=["constant", "decay", "dynamic"], default=None)
+    p.add_argument("--sparsity-target", dest="sparsity_target", type=float, default=None)
+    p.add_argument("--sparsity-beta", dest="sparsity_beta", type=float, default=None, help="L1 rate on BN betas")
+    p.add_argument("--coordinator", default=None, help="jax.distributed coordinator host:port (multi-host)")
+    p.add_argument("--num-processes", dest="num_processes", type=int, default=None)
+    p.add_argument("--process-id", dest="process_id", type=int, default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def sparsity_pieces(cfg, steps_total: int):
+    """(optax transform, epoch hook) for BN-L1 sparsity training, from the pruning stage."""
+    if not cfg.sparsity:
+        return None, None
+    from pruning import sparsity as sp
+    tx = sp.bn_l1(cfg.sparsity, schedule=cfg.sparsity_schedule, total_steps=steps_total,
+                  beta_rate=cfg.sparsity_beta, target_sparsity=cfg.sparsity_target)
+    return tx, sp.trainer_hook()
+
+
+def cmd_train(args) -> int:
+    from .distributed import maybe_initialize
+    maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+    from .trainer import Trainer, resolve_model
+    rundir = Path(args.output)
+    if args.resume:
+        saved = json.loads((rundir / "last" / "trainer.json").read_text())
+        from .config import TrainConfig
+        cfg = TrainConfig(**saved["config"])
+        args.data = args.data or json.loads((rundir / "args.json").read_text()).get("data")
+    train, val = _datasets(args.data, args.format)
+    if not args.resume:
+        cfg = config_from_args(args)
+    model = str(rundir / "last") if args.resume else args.model
+    spec, variables, note = resolve_model(model, train.nc, train.names, cfg.seed)
+    steps_total = cfg.epochs * (len(train) // cfg.batch)
+    extra_tx, hook = sparsity_pieces(cfg, max(steps_total // max(round(cfg.nbs / cfg.batch), 1), 1))
+    trainer = Trainer(cfg, rundir, train, val, spec, variables, extra_tx=extra_tx,
+                      epoch_hooks=(hook,) if hook else (), progress=args.progress, note=note,
+                      meta={"data": str(args.data or "builtin-synthetic")})
+    if args.resume:
+        trainer.restore()
+    print(f"{note}; {trainer.opt_info['optimizer']} lr0={trainer.opt_info['lr0']} accumulate="
+          f"{trainer.opt_info['accumulate']}; {len(train)} train / {len(val)} val images; devices: "
+          f"{len(trainer.mesh.devices.ravel())}", file=sys.stderr)
+    logs = trainer.fit()
+    (rundir / "args.json").write_text(json.dumps({**json.loads((rundir / "args.json").read_text()),
+                                                  "data": str(args.data) if args.data else None}, indent=1))
+    print(json.dumps({k: v for k, v in logs.items() if k.startswith("val/")}))
+    return 0
+
+
+def cmd_val(args) -> int:
+    from ..api import load
+    from ..data import load_dataset
+    from ..data.loader import Loader
+    from ..eval.metrics import format_results, plot_pr_curve
+    from .validate import run_validation
+    det = load(args.model)
+    data = args.data or default_data()
+    ds = load_dataset(data, args.split, args.format)
+    imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
+    loader = Loader(ds, args.batch, imgsz, augment=False, workers=args.workers, max_boxes=8)
+    metrics, dets = run_validation(det.spec, det.variables, loader, conf=args.conf, iou=args.iou,
+                                   collect=bool(args.save_json), progress=not args.json)
+    loader.close()
+    if args.save_json:
+        from ..eval.coco import save_json, to_coco_detections
+        ids, boxes, scores, classes = zip(*dets) if dets else ((), (), (), ())
+        save_json(to_coco_detections(ids, boxes, scores, classes), args.save_json)
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+        plot_pr_curve(metrics, Path(args.plots) / "PR_curve.png")
+    if args.json:
+        keys = ("map50", "map50_95", "map75", "precision", "recall", "map_small", "map_medium", "map_large",
+                "fitness", "per_class", "images", "instances")
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}, default=float))
+    else:
+        print(format_results(metrics))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import cv2
+    import jax
+    import numpy as np
+    from ..api import load
+    from ..data.imageio import is_image
+    from ..eval.boxes import scale_boxes
+    from ..viz import draw_detections, letterbox_image
+    from .step import make_predict
+    det = load(args.model)
+    src = Path(args.source)
+    files = sorted(p for p in src.rglob("*") if is_image(str(p))) if src.is_dir() else [src]
+    if not files:
+        raise SystemExit(f"{src}: no images found")
+    out = Path(args.save_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
+    predict = jax.jit(make_predict(det.spec, conf=args.conf, iou=args.iou, max_det=args.max_det))
+    results = []
+    for f in files:
+        img = cv2.imread(str(f))
+        if img is None:
+            print(f"{f}: unreadable image, skipped", file=sys.stderr)
+            continue
+        x, ratio_pad = letterbox_image(img, imgsz)
+        r = jax.device_get(predict(det.variables, x[None]))
+        keep = r["valid"][0]
+        boxes = scale_boxes(r["boxes"][0][keep], ratio_pad, img.shape[:2])
+        scores, classes = r["scores"][0][keep], r["classes"][0][keep]
+        cv2.imwrite(str(out / f"{f.stem}.jpg"), draw_detections(img, boxes, scores, classes, det.names))
+        results.append({"image": str(f), "detections": [
+            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": int(c),
+             "name": det.names[int(c)]} for b, s, c in zip(boxes, scores, classes)]})
+        print(f"{f.name}: {len(boxes)} detections", file=sys.stderr)
+    (out / "predictions.json").write_text(json.dumps(results, indent=1))
+    print(f"saved {len(results)} images to {out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a YOLOv8 (Ultralytics defaults; data-parallel over all devices)")
+    p.add_argument("--model", default="yolov8n", help="variant (yolov8n..x, tiny) or checkpoint/.pt to start from")
+    p.add_argument("-o", "--output", default="runs/train", help="run directory (last/, best/, results, tb/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("val", help="mAP of a model on a dataset (COCO-style numbers, pycocotools-compatible JSON)")
+    p.add_argument("model")
+    p.add_argument("--data", default=None)
+    p.add_argument("--format", default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--imgsz", type=int, default=None)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--conf", type=float, default=0.001)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument("--json", action="store_true", help="print one JSON object (map50, map50_95, ...)")
+    p.add_argument("--save-json", dest="save_json", default=None, help="write COCO-format detections here")
+    p.add_argument("--plots", default=None, help="directory for the PR curve")
+    p.set_defaults(func=cmd_val)
+
+    p = sub.add_parser("predict", help="detect objects in images and draw them")
+    p.add_argument("model")
+    p.add_argument("source", help="image file or directory")
+    p.add_argument("--save-dir", dest="save_dir", default="runs/predict")
+    p.add_argument("--imgsz", type=int, default=None)
+    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument("--max-det", dest="max_det", type=int, default=300)
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,326 @@
+"""The training loop: the one place with side effects (data, devices, checkpoints, logs, progress).
+
+RUNDIR layout:
+    last/   model checkpoint (EMA weights, spec) + train_state/ (full TrainState) + trainer.json (position)
+    best/   model checkpoint of the best validation fitness
+    results.csv, results.json, tb/ (TensorBoard), args.json
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from .. import checkpoint as ckpt
+from ..loss import LossConfig
+from ..model.spec import Spec, yolov8_spec
+from ..model.yolov8 import init_variables
+from .config import TrainConfig
+from .distributed import data_mesh, device_batch, is_primary, shardings
+from .optim import build_optimizer, ema_decay_fn
+from .step import TrainState, create_state, make_predict, make_train_step
+from .validate import run_validation
+
+log = logging.getLogger("yolojax.train")
+TRAIN_STATE_DIR, TRAINER_FILE = "train_state", "trainer.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN/inf."""
+
+
+def transfer_weights(spec: Spec, variables: dict, source: dict) -> tuple[dict, int, int]:
+    """Copy every source array whose path and shape match (Ultralytics' intersect_dicts): lets a checkpoint
+    with another number of classes initialise everything but the class head. Returns (variables, copied, total)."""
+    flat_src = {tuple(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+    copied = 0
+
+    def pick(path, leaf):
+        nonlocal copied
+        key = tuple(k.key for k in path)
+        v = flat_src.get(key)
+        if v is not None and np.shape(v) == np.shape(leaf):
+            copied += 1
+            return np.asarray(v, np.float32)
+        return leaf
+
+    out = jax.tree_util.tree_map_with_path(pick, variables)
+    return out, copied, len(jax.tree.leaves(variables))
+
+
+def resolve_model(model: str | Path | Spec | Any, nc: int, names: list[str], seed: int = 0,
+                  task: str = "detect") -> tuple[Spec, dict, str]:
+    """A (spec, variables, note) for training on `nc` classes from a variant name, a spec, a Detector, or any
+    checkpoint `yolojax.load` reads (weights transferred where shapes fit when nc differs)."""
+    from ..api import Detector, load
+    if isinstance(model, Spec):
+        spec = model.replace(names=tuple(names)) if model.nc == nc else None
+        if spec is None:
+            raise ValueError(f"spec has nc={model.nc}, dataset has {nc} classes")
+        return spec, init_variables(spec, seed), f"fresh {spec.variant}"
+    if isinstance(model, Detector):
+        det = model
+    else:
+        name = str(model).removeprefix("yolov8").removesuffix(".yaml")
+        from ..model.spec import SCALES
+        if name.removesuffix("-obb") in SCALES and not Path(str(model)).exists():
+            t = "obb" if name.endswith("-obb") else task
+            spec = yolov8_spec(name.removesuffix("-obb"), nc, names=names, task=t)
+            return spec, init_variables(spec, seed), f"fresh yolov8{spec.variant} (random init)"
+        det = load(model)
+    spec = det.spec
+    if spec.nc == nc:
+        return spec.replace(names=tuple(names)), det.variables, f"weights from {model}"
+    new_spec = spec.replace(nc=nc, names=tuple(names))
+    from ..model.spec import head_widths
+    c2, c3, c4 = head_widths(nc, spec.layer_out(15), spec.reg_max)
+    widths = dict(new_spec.width_map)
+    for p in widths:
+        if p.startswith("model_22/cv3_"):
+            widths[p] = c3
+    new_spec = new_spec.replace(widths=widths)
+    fresh = init_variables(new_spec, seed)
+    variables, copied, total = transfer_weights(new_spec, fresh, det.variables)
+    return new_spec, variables, f"transferred {copied}/{total} arrays from {model} (nc {spec.nc} -> {nc})"
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Train a spec'd YOLOv8 on a dataset. Construct, then `fit()`.
+
+    extra_tx: optax transformation chained after gradient clipping (e.g. BN-L1 sparsity).
+    extra_loss / teacher / aux: distillation hooks (see step.make_train_step).
+    epoch_hooks: callables (trainer, epoch, logs dict) -> None, run after each epoch (e.g. gamma histograms);
+    they may add scalars to the logs dict.
+    """
+
+    cfg: TrainConfig
+    rundir: Path
+    train_data: Any                       # yolojax.data.Dataset
+    val_data: Any | None
+    spec: Spec
+    variables: dict
+    extra_tx: optax.GradientTransformation | None = None
+    extra_loss: Callable | None = None
+    teacher: Any = None
+    aux: Any = None
+    epoch_hooks: tuple = ()
+    progress: bool = True
+    note: str = ""
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        from ..data.loader import Loader
+        cfg = self.cfg
+        self.rundir = Path(self.rundir)
+        pc, pi = jax.process_count(), jax.process_index()
+        if cfg.batch % jax.device_count():
+            raise ValueError(f"global batch {cfg.batch} must be a multiple of the {jax.device_count()} devices")
+        self.train_loader = Loader(self.train_data, cfg.batch, cfg.imgsz, augment=cfg.augment, shuffle=True,
+                                   max_boxes=cfg.max_boxes, drop_last=True, seed=cfg.seed, workers=cfg.workers, mosaic=cfg.mosaic, process_index=pi,
+                                   process_count=pc, epochs=cfg.epochs, close_mosaic=cfg.close_mosaic)
+        self.val_loader = None
+        if self.val_data is not None and is_primary():
+            vb = max(1, min(cfg.batch, 16))
+            self.val_loader = Loader(self.val_data, vb, cfg.imgsz, augment=False, workers=cfg.workers,
+                                     max_boxes=8)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.train_data.root}: no full batch of {cfg.batch} images")
+        self.tx, self.opt_info = build_optimizer(cfg, self.variables["params"], steps_per_epoch=self.steps_per_epoch,
+                                                 nc=self.spec.nc, extra=self.extra_tx)
+        self.mesh = data_mesh()
+        self.data_sharding, self.replicated = shardings(self.mesh)
+        dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
+        step = make_train_step(self.spec, self.tx, accumulate=self.opt_info["accumulate"],
+                               loss_cfg=LossConfig(box=cfg.box, cls=cfg.cls, dfl=cfg.dfl),
+                               ema_decay=ema_decay_fn(cfg) if cfg.ema else None, extra_loss=self.extra_loss,
+                               dtype=dtype)
+        self._step = jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
+                             out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+        self._predict = jax.jit(make_predict(self.spec))
+        self.state: TrainState = jax.device_put(create_state(self.variables, self.tx, self.aux), self.replicated)
+        self.teacher = jax.device_put(self.teacher, self.replicated) if self.teacher is not None else None
+        self.epoch, self.best_fitness, self.history = 0, -1.0, []
+        self._writer = None
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _meta(self, **extra) -> dict:
+        return {"names": list(self.spec.names), "imgsz": self.cfg.imgsz, "epoch": self.epoch,
+                "best_fitness": self.best_fitness, "train_config": dataclasses.asdict(self.cfg),
+                "ema": self.cfg.ema, **self.meta, **extra}
+
+    def save(self, which: str = "last", *, position: dict | None = None, metrics: dict | None = None) -> Path:
+        """Atomically write RUNDIR/which (EMA weights as the model; `last` adds the full training state)."""
+        if not is_primary():
+            return self.rundir / which
+        state = jax.device_get(self.state)
+        meta = self._meta(metrics=metrics or {})
+        with ckpt.atomic_dir(self.rundir / which) as tmp:
+            ckpt.write_model_files(tmp, self.spec, state.ema_variables(), meta)
+            if which == "last":
+                ckpt.save_pytree(tmp / TRAIN_STATE_DIR, state)
+                (tmp / TRAINER_FILE).write_text(json.dumps({
+                    "epoch": self.epoch, "best_fitness": self.best_fitness, "history": self.history,
+                    "loader": position or self.train_loader.state(), "config": dataclasses.asdict(self.cfg)},
+                    indent=1, default=float))
+        return self.rundir / which
+
+    def restore(self, directory: Path | None = None) -> None:
+        """Continue exactly from RUNDIR/last (state, epoch, loader position, best fitness)."""
+        d = Path(directory or self.rundir / "last")
+        if not (d / TRAINER_FILE).exists():
+            raise FileNotFoundError(f"{d}: nothing to resume (no {TRAINER_FILE}); was the run started?")
+        info = json.loads((d / TRAINER_FILE).read_text())
+        template = jax.device_get(self.state)
+        restored = ckpt.restore_pytree(d / TRAIN_STATE_DIR, template)
+        self.state = jax.device_put(restored, self.replicated)
+        self.epoch, self.best_fitness = int(info["epoch"]), float(info["best_fitness"])
+        self.history = info.get("history", [])
+        self.train_loader.restore(info["loader"])
+        log.info("resumed from %s at epoch %d batch %d", d, info["loader"]["epoch"], info["loader"]["batch"])
+
+    # -- logging -----------------------------------------------------------------------------------------
+    @property
+    def writer(self):
+        if self._writer is None and is_primary():
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(str(self.rundir / "tb"))
+        return self._writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    def _write_results(self) -> None:
+        if not is_primary() or not self.history:
+            return
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        with open(self.rundir / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(self.history)
+        (self.rundir / "results.json").write_text(json.dumps(self.history, indent=1, default=float))
+
+    # -- loop --------------------------------------------------------------------------------------------
+    def validate(self, variables: dict | None = None) -> dict:
+        if self.val_loader is None:
+            return {}
+        variables = jax.device_get(variables or self.state.ema_variables())
+        metrics, _ = run_validation(self.spec, variables, self.val_loader, predict=self._predict,
+                                    progress=self.progress)
+        return metrics
+
+    def train_epoch(self, stop_after: int | None = None) -> dict:
+        """Run the rest of the current epoch. stop_after: stop after that many steps (tests, kill simulation)."""
+        cfg, loader = self.cfg, self.train_loader
+        if loader.state()["batch"] == 0:
+            loader.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(total=self.steps_per_epoch, initial=loader.state()["batch"], disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
+        t0 = time.time()
+        for batch in loader:
+            self.state, metrics = self._step(self.state, device_batch(batch, self.data_sharding), self.teacher)
+            m = jax.device_get(metrics)
+            if not bool(m["finite"]):
+                where = f"epoch {self.epoch + 1}, batch {loader.state()['batch']}"
+                raise TrainingDiverged(
+                    f"non-finite loss/gradients at {where} (loss={float(m['loss'])}, "
+                    f"items={ {k: float(v) for k, v in m.items() if k not in ('finite',)} }). The step was not "
+                    f"applied; the last good checkpoint in {self.rundir / 'last'} is intact. Lower the learning "
+                    f"rate, check the data (`yolojax data check`), or use float32.")
+            n += 1
+            for k, v in m.items():
+                if k != "finite":
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            gstep = int(self.epoch * self.steps_per_epoch + loader.state()["batch"])
+            count = gstep // self.opt_info["accumulate"]
+            lr = float(self.opt_info["lr"](count))
+            if self.progress:
+                bar.set_postfix(loss=f"{float(m['loss']):.3f}", box=f"{float(m['box']):.3f}",
+                                cls=f"{float(m['cls']):.3f}", dfl=f"{float(m['dfl']):.3f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if is_primary():
+                # per-step losses (resume checks, plotting); a resumed run re-appends the steps it replays
+                with open(self.rundir / "steps.csv", "a") as f:
+                    f.write(f"{gstep},{float(m['loss']):.9g},{float(m['box']):.9g},{float(m['cls']):.9g},"
+                            f"{float(m['dfl']):.9g}\n")
+            if gstep % 10 == 0:
+                for k in ("loss", "box", "cls", "dfl", "grad_norm"):
+                    if k in m:
+                        self.scalar(f"train_step/{k}", m[k], gstep)
+                self.scalar("train_step/lr", lr, gstep)
+            if cfg.save_every_steps and gstep % cfg.save_every_steps == 0:
+                self.save("last")
+            if stop_after is not None and n >= stop_after:
+                break
+        bar.close()
+        logs = {k: v / max(n, 1) for k, v in sums.items()}
+        logs["epoch_time_s"] = time.time() - t0
+        logs["images_per_s"] = n * cfg.batch / max(logs["epoch_time_s"], 1e-9)
+        return logs
+
+    def fit(self, stop_after_steps: int | None = None) -> dict:
+        """Train until cfg.epochs; returns the last epoch's logs (with validation metrics)."""
+        cfg = self.cfg
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        if is_primary():
+            (self.rundir / "args.json").write_text(json.dumps(
+                {"config": dataclasses.asdict(cfg), "spec": self.spec.to_dict(), "note": self.note,
+                 "optimizer": {k: v for k, v in self.opt_info.items() if not callable(v)},
+                 "devices": [str(d) for d in jax.devices()], "processes": jax.process_count()},
+                indent=1, default=str))
+        logs: dict = {}
+        while self.epoch < cfg.epochs:
+            logs = self.train_epoch(stop_after=stop_after_steps)
+            if stop_after_steps is not None and self.train_loader.state()["batch"] not in (0,):
+                self.save("last")
+                return logs
+            done = self.epoch + 1
+            if done % cfg.val_every == 0 or done == cfg.epochs:
+                val = self.validate()
+                logs.update({f"val/{k}": val[k] for k in ("map50", "map50_95", "precision", "recall",
+                                                         "map_small", "map_medium", "map_large", "fitness")
+                             if k in val})
+            for hook in self.epoch_hooks:
+                hook(self, self.epoch, logs)
+            self.epoch = done
+            fitness = logs.get("val/fitness")
+            improved = fitness is not None and fitness > self.best_fitness
+            if improved:
+                self.best_fitness = float(fitness)
+            row = {"epoch": done, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}}
+            self.history.append(row)
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.scalar(k if "/" in k else f"train/{k}", v, done)
+            self._write_results()
+            self.save("last", position={"epoch": done, "batch": 0, "seed": cfg.seed, "mosaic": None},
+                      metrics=logs)
+            if improved or (fitness is None and done == cfg.epochs):
+                self.save("best", metrics=logs)
+            if self.progress and "val/map50" in logs:
+                tqdm.write(f"epoch {done}/{cfg.epochs}: loss {logs.get('loss', float('nan')):.3f} "
+                           f"mAP50 {logs['val/map50']:.4f} mAP50-95 {logs['val/map50_95']:.4f}")
+        if self._writer is not None:
+            self._writer.flush()
+        self.close()
+        return logs
+
+    def close(self) -> None:
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None:
+                loader.close()
