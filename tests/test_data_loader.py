@@ -118,14 +118,22 @@ def test_resume_from_state(synth):
 def test_close_mosaic(synth):
     ld = Loader(synth, 4, 96, augment=True, workers=0, epochs=5, close_mosaic=2)
     assert [ld.mosaic_on(e) for e in range(5)] == [True, True, True, False, False]
-    ld.set_epoch(1, mosaic=False)
-    assert not ld.mosaic_on()
-    # without mosaic a sample is its own image letterboxed: the 96 px synth images fill the frame with
-    # no gray 114 band left by a mosaic canvas at the default 0.5 scale range... so compare with mosaic on
-    off = ld.batch(1, 0)
+
+    def own_vs_shown(epoch):
+        """(boxes of the sample's own image, boxes the sample shows) for every position of the epoch."""
+        order = ld.order(epoch)
+        return [(len(synth[int(order[p])]), len(ld.sample(epoch, p, order, dry=True)[1])) for p in range(len(order))]
+
+    # mosaic off (the last close_mosaic epochs): a sample shows only boxes of its own image
+    assert all(shown <= own for own, shown in own_vs_shown(4))
+    # mosaic on: boxes of four images, often more than the sample's own image holds
+    assert any(shown > own for own, shown in own_vs_shown(0))
+    # an explicit switch wins over the epoch rule until the next set_epoch
+    ld.set_epoch(0, mosaic=False)
+    assert not ld.mosaic_on() and ld.state()["mosaic"] is False
+    assert all(shown <= own for own, shown in own_vs_shown(0))
     ld.set_epoch(1)
-    on = ld.batch(1, 0)
-    assert not np.array_equal(off["images"], on["images"])
+    assert ld.mosaic_on()
 
 
 def test_validation_batches_invert_to_original_boxes(visdrone3):

@@ -257,7 +257,7 @@ class Loader:
                 warn = not self._warned_cut
                 self._warned_cut = True
             if warn:
-                warnings.warn(f"an image has {n} boxes after augmentation, max_boxes is {m}: extra rows are cut "
+                warnings.warn(f"a sample has {n} boxes, max_boxes is {m}: extra rows are cut "
                               "(ignore regions first; see Loader.boxes_cut). Pass a larger max_boxes.", stacklevel=3)
             rank = rank[:m]
         t = t.select(rank)

@@ -315,7 +315,8 @@ def make_synthetic(out: str | os.PathLike, images: int = 500, imgsz: int = 256, 
 
     images/{train,val}/*.jpg and labels/{train,val}/*.txt (`cls cx cy w h` normalized, or with obb=True
     `cls x1 y1 ... x4 y4` of the rotated rectangles). The last round(images * val_fraction) images (at
-    least 1 when images > 1) form val. Same (images, imgsz, seed) -> identical files.
+    least 1 when images > 1 and val_fraction > 0) form val; with none, val is the train folder.
+    Same (images, imgsz, seed, obb) -> identical files.
     """
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
@@ -326,7 +327,7 @@ def make_synthetic(out: str | os.PathLike, images: int = 500, imgsz: int = 256, 
     if images > 1 and val_fraction > 0:
         n_val = min(max(n_val, 1), images - 1)
     n_train = images - n_val
-    for split in ("train", "val"):
+    for split in ("train", "val") if n_val else ("train",):
         os.makedirs(os.path.join(out, "images", split), exist_ok=True)
         os.makedirs(os.path.join(out, "labels", split), exist_ok=True)
     for i in tqdm(range(images), desc="synth", unit="img", disable=not progress):
@@ -343,7 +344,8 @@ def make_synthetic(out: str | os.PathLike, images: int = 500, imgsz: int = 256, 
             lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, (x, y, w, h) in zip(classes, b)]
         with open(os.path.join(out, "labels", split, stem + ".txt"), "w") as f:
             f.write("\n".join(lines) + ("\n" if lines else ""))
-    cfg = {"train": "images/train", "val": "images/val", "nc": len(NAMES), "names": dict(enumerate(NAMES))}
+    cfg = {"train": "images/train", "val": "images/val" if n_val else "images/train", "nc": len(NAMES),
+           "names": dict(enumerate(NAMES))}
     path = os.path.join(out, "data.yaml")
     with open(path, "w") as f:
         f.write(f"# yolojax synthetic aerial dataset: {images} images, {imgsz} px, seed {seed}"
