@@ -210,7 +210,8 @@ def test_voc_and_dota_bad_rows(tmp_path):
         + obj.format("unicorn", 10) + "\n" + obj.format("cat", "ten") + "\n</annotation>\n")
     (voc / "Annotations" / "b.xml").write_text("<annotation>\n<size>\n<width>120</oops>\n</annotation>\n")
     (voc / "Annotations" / "c.xml").write_text(  # <size> disagrees with the file
-        "<annotation>\n<size><width>640</width><height>480</height></size>\n" + obj.format("cat", 10) + "\n</annotation>\n")
+        "<annotation>\n<size><width>640</width><height>480</height></size>\n" + obj.format("cat", 10)
+        + "\n</annotation>\n")
     assert sorted(r.image_id for r in load_dataset(voc)) == ["c"]  # a.xml has a non-numeric xmin
     ds = load_dataset(voc, malformed="drop")
     a = by_line(ds.problems, "a.xml")

@@ -63,8 +63,10 @@ class Targets:
     def affine(self, sx: float, sy: float, dx: float, dy: float) -> "Targets":
         """x -> x*sx + dx, y -> y*sy + dy (scale and shift, no rotation)."""
         b = self.boxes * np.array([sx, sy, sx, sy], np.float32) + np.array([dx, dy, dx, dy], np.float32)
-        p = None if self.polygons is None else self.polygons * np.array([sx, sy], np.float32) + np.array([dx, dy], np.float32)
-        return Targets(b.astype(np.float32), self.classes, self.ignore, None if p is None else p.astype(np.float32))
+        p = self.polygons
+        if p is not None:
+            p = (p * np.array([sx, sy], np.float32) + np.array([dx, dy], np.float32)).astype(np.float32)
+        return Targets(b.astype(np.float32), self.classes, self.ignore, p)
 
     @staticmethod
     def concat(items: list["Targets"]) -> "Targets":
@@ -107,7 +109,7 @@ def resized_shape(shape: tuple[int, int], imgsz: int) -> tuple[int, int]:
     return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
 
 
-def letterbox_params(shape: tuple[int, int], new: int, scaleup: bool = True) -> tuple[float, tuple[int, int], tuple[int, int, int, int]]:
+def letterbox_params(shape: tuple[int, int], new: int, scaleup: bool = True):
     """Ultralytics LetterBox (center, auto=False): ratio r, resized (h, w), pads (top, bottom, left, right)."""
     h, w = shape
     r = min(new / h, new / w)

@@ -234,7 +234,10 @@ def _orphans(label_files: Iterable[str], used: set[str], problems, stats, what="
 def img2label_path(img: str, labels: str = "labels") -> str:
     """Ultralytics pairing: the last /images/ of the path becomes /labels/ and the suffix .txt."""
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}{labels}{os.sep}"
-    base = sb.join(img.rsplit(sa, 1)) if sa in img else os.path.join(os.path.dirname(img), labels, os.path.basename(img))
+    if sa in img:
+        base = sb.join(img.rsplit(sa, 1))
+    else:  # no images/ folder in the path: labels/ beside the image
+        base = os.path.join(os.path.dirname(img), labels, os.path.basename(img))
     return os.path.splitext(base)[0] + ".txt"
 
 
@@ -417,7 +420,8 @@ def _load_yolo_split(images: list[str], names: list[str], root: str, split: str,
                 else:  # a segment polygon (or a 4-point one in a box dataset): its bounds, as Ultralytics does
                     r.add(line, c, poly=np.asarray(v).reshape(-1, 2) * (w, h), ignore=ig)
             per_file.append(_validate(file, shape, r, len(names), problems, stats))
-        if _leave_out(img, parse_bad[lf] + parse_bad[igf] + _malformed(problems, start, (lf, igf)), problems, malformed):
+        bad = parse_bad[lf] + parse_bad[igf] + _malformed(problems, start, (lf, igf))
+        if _leave_out(img, bad, problems, malformed):
             continue
         fields = _merge(per_file, obb)
         records.append(Record(path=img, image_id=_stem(img), shape=shape,
@@ -736,9 +740,9 @@ def load_coco(path: str, split: str = "train", *, images_dir: str | None = None,
     names = [str(c["name"]) for c in cats]
     here = os.path.dirname(os.path.abspath(path))
     tag = _stem(path).split("_", 1)[-1]
-    search = [images_dir] if images_dir else [here, os.path.join(here, "images"), os.path.join(here, "..", "images", tag),
-                                              os.path.join(here, "..", tag), os.path.join(here, "..", "images"),
-                                              os.path.join(here, tag)]
+    search = [images_dir] if images_dir else [
+        here, os.path.join(here, "images"), os.path.join(here, "..", "images", tag), os.path.join(here, "..", tag),
+        os.path.join(here, "..", "images"), os.path.join(here, tag)]
     by_image = collections.defaultdict(list)
     for a in data["annotations"]:
         by_image[a.get("image_id")].append(a)
@@ -761,7 +765,8 @@ def load_coco(path: str, split: str = "train", *, images_dir: str | None = None,
         if shape is None:
             continue
         if (im.get("height"), im.get("width")) not in ((shape[0], shape[1]), (None, None)):
-            problems.append(Problem(path, None, f"image id {im.get('id')}: JSON says {im.get('width')}x{im.get('height')}, "
+            problems.append(Problem(path, None, f"image id {im.get('id')}: JSON says "
+                                    f"{im.get('width')}x{im.get('height')}, "
                                     f"file is {shape[1]}x{shape[0]}: the file size is used", "warning",
                                     "size_mismatch"))
         start = len(problems)

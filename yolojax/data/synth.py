@@ -50,6 +50,11 @@ def _rot(theta: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
+def _corners(center, theta: float, L: float, W: float) -> np.ndarray:
+    """[4,2] corners of an L x W rectangle rotated by theta around center."""
+    return np.array([[-L / 2, -W / 2], [L / 2, -W / 2], [L / 2, W / 2], [-L / 2, W / 2]]) @ _rot(theta).T + center
+
+
 class _Canvas:
     """Draws primitives given in an object's local frame (x along its length, y across)."""
 
@@ -87,7 +92,8 @@ def _draw_object(cv: _Canvas, rng, cls: int, center, theta, L, W):
         cv.rect(-hl, hl, -hw, hw, center, theta, body)
         cv.rect(0.16 * L, 0.34 * L, -0.42 * W, 0.42 * W, center, theta, dark)  # windshield
         cv.rect(-0.40 * L, -0.29 * L, -0.40 * W, 0.40 * W, center, theta, dark)  # rear window
-        cv.rect(-0.27 * L, 0.14 * L, -0.36 * W, 0.36 * W, center, theta, tuple(min(255, int(c * 1.2) + 10) for c in body))
+        roof = tuple(min(255, int(c * 1.2) + 10) for c in body)
+        cv.rect(-0.27 * L, 0.14 * L, -0.36 * W, 0.36 * W, center, theta, roof)
     elif cls == VAN:
         body = _jitter(rng, _pick(rng, _VAN_COLORS), 10)
         cv.rect(-hl, hl, -hw, hw, center, theta, body)
@@ -200,7 +206,7 @@ def _scene(rng, S: int):
     occupied = np.zeros((S, S), np.uint8)
 
     def place(cls, center, theta, L, W):
-        poly = np.array([[-L / 2, -W / 2], [L / 2, -W / 2], [L / 2, W / 2], [-L / 2, W / 2]]) @ _rot(theta).T + center
+        poly = _corners(center, theta, L, W)
         b = geo.polygons_to_xyxy(poly[None])[0]
         if b[0] < 1 or b[1] < 1 or b[2] > S - 1 or b[3] > S - 1:
             return False
@@ -226,7 +232,8 @@ def _scene(rng, S: int):
         ang = rng.uniform(0, np.pi)
         origin = rng.uniform(0.2, 0.8, 2) * S
         pitch_x, pitch_y = 12 * u, 24 * u
-        lot = np.array([[-0.6, -0.6], [cols - 0.4, -0.6], [cols - 0.4, rows - 0.4], [-0.6, rows - 0.4]]) * [pitch_x, pitch_y]
+        lot = np.array([[-0.6, -0.6], [cols - 0.4, -0.6], [cols - 0.4, rows - 0.4], [-0.6, rows - 0.4]])
+        lot = lot * [pitch_x, pitch_y]
         cv2.fillPoly(img, [np.round(lot @ _rot(ang).T + origin).astype(np.int32)], (118, 118, 118), cv2.LINE_AA)
         for r in range(rows):
             for c in range(cols):
@@ -270,15 +277,14 @@ def _scene(rng, S: int):
     shadow = np.zeros((S, S), np.uint8)
     sh = np.array([1.6, 1.2]) * u
     for cls, center, theta, L, W in objs:  # shadows first, one soft pass
-        p = np.array([[-L / 2, -W / 2], [L / 2, -W / 2], [L / 2, W / 2], [-L / 2, W / 2]]) @ _rot(theta).T + center + sh
+        p = _corners(center + sh, theta, L, W)
         cv2.fillConvexPoly(shadow, np.round(p * _F).astype(np.int32), 255, cv2.LINE_AA, _SHIFT)
     shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.6, u * 0.8)).astype(np.float32)[..., None] / 255
     img[:] = (img * (1 - 0.45 * shadow)).astype(np.uint8)
     for cls, center, theta, L, W in objs:
         _draw_object(canvas, rng, cls, center, theta, L, W)
     classes = np.array([o[0] for o in objs], np.int32)
-    polys = np.array([np.array([[-o[3] / 2, -o[4] / 2], [o[3] / 2, -o[4] / 2], [o[3] / 2, o[4] / 2],
-                                [-o[3] / 2, o[4] / 2]]) @ _rot(o[2]).T + o[1] for o in objs], np.float64).reshape(-1, 4, 2)
+    polys = np.array([_corners(c, t, L, W) for _, c, t, L, W in objs], np.float64).reshape(-1, 4, 2)
     # trees last: they occlude; objects more than 60% hidden lose their label
     tree_mask = np.zeros((S, S), np.uint8)
     for _ in range(rng.integers(0, 4)):
