@@ -174,10 +174,11 @@ def compare_detections(dets: np.ndarray, num: np.ndarray, ref: Mapping[str, np.n
 
 def check_onnx(model: str | Path | onnx.ModelProto, detector=None, *, images: np.ndarray | None = None,
                batch: int | None = None, atol: float | None = None, rtol: float | None = None, seed: int = 0,
-               raise_on_fail: bool = False) -> dict:
+               reference: Mapping[str, np.ndarray] | None = None, raise_on_fail: bool = False) -> dict:
     """Run every check on an exported graph. `detector`: the yolojax.Detector it came from (parity is skipped,
     and reported so, without one). `images` [B,H,W,3] float in [0,1] (default: seeded uniform noise, B = the
-    graph's batch, or `batch` (default 2) when dynamic).
+    graph's batch, or `batch` (default 2) when dynamic). `reference`: precomputed `reference_outputs(detector,
+    images)` (saves a JAX compilation per batch size).
 
     Returns {'passed', 'checker', 'shape_inference', 'ops', 'unsupported_ops', 'parity', 'nms', 'errors'};
     parity: {'max_abs', 'max_rel', 'atol', 'rtol', 'passed', 'groups', 'batch'} or None.
@@ -225,7 +226,7 @@ def check_onnx(model: str | Path | onnx.ModelProto, detector=None, *, images: np
             raise ValueError(f"check images must be [B,{h},{w},3] for this graph, got {images.shape}")
         if fixed_b and images.shape[0] != fixed_b:
             raise ValueError(f"graph has a fixed batch {fixed_b}; got {images.shape[0]} check images")
-        ref = reference_outputs(detector, images)
+        ref = dict(reference) if reference is not None else reference_outputs(detector, images)
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
         if nms == "none":
             names = ["output0"]

@@ -47,6 +47,14 @@ def randomize_variables(variables: Mapping, seed: int = 0) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
+def random_variables(spec: Spec, seed: int = 0) -> dict:
+    """`randomize_variables` on the shapes of `spec`, without running Flax's init (no compilation)."""
+    import jax
+    from yolojax.model.yolov8 import variable_shapes
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(spec))
+    return randomize_variables(zeros, seed)
+
+
 def _to_numpy(tree):
     if isinstance(tree, Mapping):
         return {k: _to_numpy(v) for k, v in tree.items()}

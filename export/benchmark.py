@@ -1,0 +1,237 @@
+"""Latency of one or two models on one backend (JAX, ONNX Runtime, TensorRT), measured interleaved.
+
+Timing several runtimes in one process on a few shared cores is noisy (see /work/shared/tools/README.md):
+ONNX Runtime sessions are made with spinning off and intra-op threads = cores, two candidates run in
+alternating order within every round, and medians are what to quote.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+BACKENDS = ("jax", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class Candidate:
+    name: str
+    run: Callable[[], Any]  # one inference on the prepared input, blocking until done
+    info: dict = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+
+
+def machine_info() -> dict:
+    """CPU model, cores and library versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        info["affinity_cores"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    for mod in ("jax", "onnxruntime", "onnx", "numpy"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    try:
+        import jax
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except Exception:
+        pass
+    return info
+
+
+def _load_detector(model: str):
+    from yolojax.api import load
+    from yolojax.model.spec import SCALES
+    base = model.removeprefix("yolov8").removesuffix(".yaml").removesuffix("-obb")
+    if base in SCALES and not Path(model).exists():
+        from yolojax.api import Detector
+        from yolojax.model.spec import yolov8_spec
+        return Detector.create(yolov8_spec(model.removeprefix("yolov8").removesuffix(".yaml"), 80))
+    return load(model)
+
+
+def _model_info(spec, imgsz: int) -> dict:
+    from yolojax.model.counting import count_flops, count_params
+    return {"params": count_params(spec), "gflops": round(count_flops(spec, imgsz), 4), "variant": spec.variant,
+            "nc": spec.nc}
+
+
+def jax_candidate(model, imgsz: int, batch: int, half: bool, name: str | None = None) -> Candidate:
+    """`model`: a Detector or anything `yolojax.load` reads (or a variant name)."""
+    import jax
+    import jax.numpy as jnp
+
+    from yolojax.model.yolov8 import YOLOv8
+    det = model if hasattr(model, "spec") else _load_detector(str(model))
+    net = YOLOv8(det.spec, dtype=jnp.float16 if half else None)
+    fn = jax.jit(lambda v, x: net.apply(v, x, train=False)[0])
+    variables = jax.device_put(det.variables)
+    x = jax.device_put(np.random.default_rng(0).random((batch, imgsz, imgsz, 3), dtype=np.float32))
+    run = lambda: jax.block_until_ready(fn(variables, x))  # noqa: E731
+    return Candidate(name or str(model if not hasattr(model, "spec") else f"yolov8{det.spec.variant}"), run,
+                     {"backend": "jax", **_model_info(det.spec, imgsz)})
+
+
+def onnx_candidate(model, imgsz: int, batch: int, half: bool, name: str | None = None,
+                   threads: int | None = None, workdir: str | None = None) -> Candidate:
+    """`model`: an .onnx file (run as is), or a model that is exported first (fixed batch, no NMS)."""
+    from .check import ort_session
+    from .onnx_emit import export_onnx, read_metadata, spec_from_onnx
+    info: dict[str, Any] = {"backend": "onnxruntime"}
+    if str(model).endswith(".onnx"):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        meta = read_metadata(path)
+        if "spec" in meta:
+            info.update(_model_info(spec_from_onnx(path), imgsz))
+        if half and meta.get("half") != "True":
+            raise ValueError(f"{path} is a float32 graph; --half needs a graph exported with --half")
+    else:
+        det = model if hasattr(model, "spec") else _load_detector(str(model))
+        path = Path(workdir or tempfile.mkdtemp(prefix="yolojax-bench-")) / f"{name or 'model'}_{id(det)}.onnx"
+        export_onnx(det, path, imgsz=imgsz, batch=batch, half=half)
+        info.update(_model_info(det.spec, imgsz))
+    sess = ort_session(path, threads=threads)
+    inp = sess.get_inputs()[0]
+    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
+    if shape[0] != batch:
+        raise ValueError(f"{path} has a fixed batch {shape[0]}, not {batch}")
+    if shape[2:] != [imgsz, imgsz]:
+        raise ValueError(f"{path} takes {shape[2]}x{shape[3]} images, not --imgsz {imgsz}")
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    feed = {inp.name: x}
+    info["threads"] = threads or os.cpu_count()
+    return Candidate(name or str(model), lambda: sess.run(None, feed), info)
+
+
+def tensorrt_candidate(model, imgsz: int, batch: int, half: bool, name: str | None = None) -> Candidate:
+    """A serialized engine (.engine/.plan) or an .onnx that is built into one first (needs TensorRT + GPU)."""
+    from .tensorrt import _check, _cudart, build_engine, import_tensorrt
+    trt = import_tensorrt()
+    cudart = _cudart()
+    path = Path(model)
+    if path.suffix == ".onnx":
+        path = build_engine(path, path.with_suffix(".engine"), half=half)
+    elif path.suffix not in (".engine", ".plan"):
+        raise ValueError(f"{model}: the tensorrt backend takes an .engine/.plan or an .onnx file")
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    ctx = engine.create_execution_context()
+    stream = _check(cudart.cudaStreamCreate())
+    buffers = []
+    for i in range(engine.num_io_tensors):
+        tname = engine.get_tensor_name(i)
+        shape = list(engine.get_tensor_shape(tname))
+        if engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT:
+            shape[0] = batch if shape[0] == -1 else shape[0]
+            ctx.set_input_shape(tname, shape)
+    for i in range(engine.num_io_tensors):
+        tname = engine.get_tensor_name(i)
+        shape = ctx.get_tensor_shape(tname)
+        nbytes = int(np.prod(shape)) * np.dtype(trt.nptype(engine.get_tensor_dtype(tname))).itemsize
+        dev = _check(cudart.cudaMalloc(max(nbytes, 1)))
+        ctx.set_tensor_address(tname, int(dev))
+        buffers.append(dev)
+
+    def run():
+        ctx.execute_async_v3(stream)
+        _check(cudart.cudaStreamSynchronize(stream))
+
+    return Candidate(name or str(model), run, {"backend": "tensorrt", "engine": str(path)})
+
+
+def make_candidate(model, backend: str, **kw) -> Candidate:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "jax":
+        if str(model).endswith(".onnx"):
+            raise ValueError(f"{model}: an .onnx file runs on --backend onnxruntime (or tensorrt), not jax")
+        kw.pop("threads", None)
+        kw.pop("workdir", None)
+        return jax_candidate(model, **kw)
+    if backend == "onnxruntime":
+        return onnx_candidate(model, **kw)
+    kw.pop("threads", None)
+    kw.pop("workdir", None)
+    return tensorrt_candidate(model, **kw)
+
+
+def time_candidates(cands: Sequence[Candidate], runs: int = 50, warmup: int = 5, progress: bool = True) -> None:
+    """Warm up each candidate, then `runs` rounds; in each round every candidate runs once, the order
+    alternating between rounds so neither always follows the other."""
+    from tqdm import tqdm
+    for c in cands:
+        for _ in range(warmup):
+            c.run()
+    for r in tqdm(range(runs), desc="benchmark", unit="round", disable=not progress, leave=False):
+        order = cands if r % 2 == 0 else list(reversed(cands))
+        for c in order:
+            t0 = time.perf_counter()
+            c.run()
+            c.times.append(time.perf_counter() - t0)
+
+
+def summarize(c: Candidate, batch: int) -> dict:
+    t = np.asarray(c.times) * 1e3
+    return {"model": c.name, **c.info, "batch": batch, "runs": len(t),
+            "p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+            "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
+            "min_ms": round(float(t.min()), 3), "fps": round(float(batch * 1e3 / np.percentile(t, 50)), 2)}
+
+
+def benchmark(models: Sequence[Any], *, backend: str = "onnxruntime", imgsz: int = 640, batch: int = 1,
+              half: bool = False, runs: int = 50, warmup: int = 5, threads: int | None = None,
+              names: Sequence[str] | None = None, progress: bool = True) -> dict:
+    """Time one or two (or more) models interleaved on one backend.
+
+    Returns {'backend', 'imgsz', 'batch', 'half', 'runs', 'machine', 'results': [per model: model, backend,
+    p50_ms, p90_ms, p99_ms, mean_ms, min_ms, fps (batch / p50), params, gflops, ...]} plus, for the first
+    result, its keys `p50_ms`, `p90_ms`, `fps` at top level, and with two or more models 'ratio_p50'
+    (each model's p50 over the first's).
+    """
+    if imgsz % 32:
+        raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="yolojax-bench-") as work:
+        cands = [make_candidate(m, backend, imgsz=imgsz, batch=batch, half=half,
+                                name=(names[i] if names else None), threads=threads, workdir=work)
+                 for i, m in enumerate(models)]
+        time_candidates(cands, runs=runs, warmup=warmup, progress=progress)
+    results = [summarize(c, batch) for c in cands]
+    out = {"backend": backend, "imgsz": imgsz, "batch": batch, "half": half, "runs": runs,
+           "machine": machine_info(), "results": results,
+           "p50_ms": results[0]["p50_ms"], "p90_ms": results[0]["p90_ms"], "fps": results[0]["fps"]}
+    if len(results) > 1:
+        out["ratio_p50"] = [round(r["p50_ms"] / results[0]["p50_ms"], 4) for r in results]
+    return out
+
+
+def format_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"{res['backend']} | imgsz {res['imgsz']} | batch {res['batch']} | half {res['half']} | "
+             f"{res['runs']} interleaved runs | {m['cpu']} ({m['cores']} cores) | jax {m.get('jax')} "
+             f"| onnxruntime {m.get('onnxruntime')}",
+             f"{'model':<40} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'fps':>8} {'GFLOPs':>8} {'ratio':>6}"]
+    for i, r in enumerate(res["results"]):
+        ratio = res.get("ratio_p50", [1.0])[i] if "ratio_p50" in res else 1.0
+        lines.append(f"{r['model'][-40:]:<40} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                     f"{r['fps']:>8.1f} {r.get('gflops', float('nan')):>8.3f} {ratio:>6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""`yolojax export` and `yolojax benchmark`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FORMATS = ("onnx", "savedmodel", "engine")
+
+
+def _default_out(model: str, fmt: str) -> Path:
+    suffix = {"onnx": ".onnx", "engine": ".engine", "savedmodel": "_saved_model"}[fmt]
+    p = Path(model)
+    if p.is_dir():
+        return p.parent / f"{p.name}{suffix}"
+    if p.suffix in (".pt", ".npz"):
+        return p.with_name(p.stem + suffix)
+    return Path(f"{p.name}{suffix}")
+
+
+def run_export(args) -> int:
+    from .benchmark import _load_detector
+    from .check import check_onnx, format_report
+    det = _load_detector(args.model)
+    out = Path(args.output) if args.output else _default_out(args.model, args.format)
+    check_images = None
+    if args.check_images:
+        from .images import load_images
+        check_images = load_images(args.check_images, args.imgsz, args.batch if not args.dynamic else 2)
+        if not args.dynamic:
+            check_images = check_images[: args.batch]
+
+    if args.format == "savedmodel":
+        return _export_savedmodel(det, out, args, check_images)
+
+    onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")
+    if args.int8 and args.half:
+        print("error: choose --int8 or --half", file=sys.stderr)
+        return 2
+    if args.int8 and not args.calib_data:
+        print("error: --int8 needs --calib-data (images the model will see, e.g. the val split)", file=sys.stderr)
+        return 2
+    if args.int8 and args.format == "onnx":
+        from .int8 import quantize_int8
+        from .onnx_emit import export_onnx
+        fp32 = onnx_path.with_name(onnx_path.stem + "_fp32.onnx")
+        export_onnx(det, fp32, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
+                    nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det)
+        rep = quantize_int8(fp32, onnx_path, det, calib_data=args.calib_data, calib_images=args.calib_images,
+                            method=args.calib_method, check_images=check_images)
+        print(f"wrote {onnx_path} (INT8 Q/DQ, {args.calib_method} calibration on {rep['calib_images']} images; "
+              f"float model {fp32})")
+        print(rep["summary"])
+        return 0 if rep["passed"] else 1
+    else:
+        from .onnx_emit import export_onnx
+        export_onnx(det, onnx_path, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, half=args.half,
+                    opset=args.opset, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det)
+        size = onnx_path.stat().st_size / 1e6
+        print(f"wrote {onnx_path} ({size:.1f} MB, opset {args.opset}, {'dynamic' if args.dynamic else args.batch}"
+              f" batch, {args.imgsz}px{', fp16' if args.half else ''}{', nms ' + args.nms if args.nms else ''})")
+        if not args.no_check:
+            report = check_onnx(onnx_path, det, images=check_images)
+            print(format_report(report))
+            if not report["passed"]:
+                return 1
+    if args.format == "engine":
+        from .tensorrt import TensorRTUnavailable, build_engine
+        try:
+            build_engine(onnx_path, out, half=args.half, int8=args.int8, calib_data=args.calib_data,
+                         calib_images=args.calib_images, workspace_gb=args.workspace, nms_plugin=args.nms == "trt")
+        except TensorRTUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {out}")
+    return 0
+
+
+def _export_savedmodel(det, out: Path, args, check_images) -> int:
+    import numpy as np
+
+    from .check import compare, reference_outputs
+    from .savedmodel import export_savedmodel, run_savedmodel
+    if args.half or args.nms or args.int8:
+        print("error: --half/--nms/--int8 apply to onnx/engine, not savedmodel", file=sys.stderr)
+        return 2
+    try:
+        export_savedmodel(det, out, imgsz=args.imgsz, dynamic=args.dynamic, batch=args.batch)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    if args.no_check:
+        return 0
+    x = check_images if check_images is not None else np.random.default_rng(0).random(
+        (args.batch, args.imgsz, args.imgsz, 3), dtype=np.float32)
+    y = run_savedmodel(out, x)
+    ref = reference_outputs(det, x)
+    nc = det.spec.nc
+    got = {"boxes": y[:, :4], "scores": y[:, 4:4 + nc], **({"angle": y[:, 4 + nc:]} if "angle" in ref else {})}
+    res = compare(got, ref, 2e-4, 1e-5)
+    print(f"TensorFlow vs JAX (batch {len(x)}): {'ok' if res['passed'] else 'FAILED'}: max abs {res['max_abs']:.3g}, "
+          f"max rel to scale {res['max_rel']:.3g}")
+    return 0 if res["passed"] else 1
+
+
+def run_benchmark(args) -> int:
+    from .benchmark import benchmark, format_table
+    res = benchmark(args.models, backend=args.backend, imgsz=args.imgsz, batch=args.batch, half=args.half,
+                    runs=args.runs, warmup=args.warmup, threads=args.threads, progress=not args.json)
+    print(json.dumps(res, indent=1) if args.json else format_table(res))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to ONNX / TensorFlow SavedModel / TensorRT engine, with checks",
+                       description="Export a model. ONNX graphs are checked (onnx.checker, shape inference, "
+                                   "TensorRT op allowlist, ONNX Runtime vs JAX) unless --no-check.")
+    p.add_argument("model", help="checkpoint dir, run dir, Ultralytics .pt/.npz, or a variant name (yolov8n)")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("-o", "--output", help="output file/dir (default: beside the model)")
+    p.add_argument("--imgsz", type=int, default=640, help="input size (square, multiple of 32)")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch size (ignored with --dynamic)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--half", action="store_true", help="float16 weights and convs (float32 I/O)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--nms", choices=("ort", "trt"), help="NMS in the graph: ONNX NonMaxSuppression or "
+                                                          "TensorRT EfficientNMS_TRT")
+    p.add_argument("--conf", type=float, default=0.25, help="NMS score threshold")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--int8", action="store_true", help="INT8: static Q/DQ (onnx) or TensorRT calibration (engine)")
+    p.add_argument("--calib-data", help="calibration images: dir, image list .txt or dataset YAML")
+    p.add_argument("--calib-images", type=int, default=256, help="number of calibration images")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace (GB)")
+    p.add_argument("--check-images", help="images for the ONNX Runtime vs JAX check (default: noise)")
+    p.add_argument("--no-check", action="store_true", help="skip the checks")
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser("benchmark", help="latency p50/p90/p99 and throughput of one or two models",
+                       description="Warm up, then time N interleaved runs of each model on one backend.")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="checkpoint dir, variant name or .onnx file (onnxruntime); two models are compared")
+    p.add_argument("--backend", choices=("jax", "onnxruntime", "tensorrt"), default="onnxruntime")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--half", action="store_true")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_benchmark)

@@ -1,0 +1,88 @@
+"""Images for calibration, checks and benchmarks: find them, read them, letterbox them like Ultralytics."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+IMG_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+
+
+class CalibrationDataError(ValueError):
+    """Calibration/check images missing or unreadable; the message names the source."""
+
+
+def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114) -> np.ndarray:
+    """Resize keeping the aspect ratio, then pad to `new_shape` (h, w) centred, as Ultralytics' LetterBox
+    (auto=False, scaleup=True). img [H,W,3] uint8 -> [h,w,3] uint8."""
+    h0, w0 = img.shape[:2]
+    r = min(new_shape[0] / h0, new_shape[1] / w0)
+    nh, nw = int(round(h0 * r)), int(round(w0 * r))
+    if (nh, nw) != (h0, w0):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    dh, dw = (new_shape[0] - nh) / 2, (new_shape[1] - nw) / 2
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
+
+
+def image_files(source: str | Path) -> list[Path]:
+    """Image paths from a directory (recursive), one image, a .txt list of paths, or an Ultralytics dataset
+    YAML (its `val`, else `train`, relative to `path`). Sorted; raises CalibrationDataError if none."""
+    src = Path(source)
+    if not src.exists():
+        raise CalibrationDataError(f"{src}: no such file or directory")
+    if src.is_dir():
+        files = [p for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES and p.is_file()]
+    elif src.suffix.lower() in IMG_SUFFIXES:
+        files = [src]
+    elif src.suffix.lower() == ".txt":
+        files = []
+        for n, line in enumerate(src.read_text().splitlines(), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = Path(line) if Path(line).is_absolute() else src.parent / line
+                files.extend(image_files(p) if p.is_dir() else [p])
+    elif src.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+        cfg = yaml.safe_load(src.read_text()) or {}
+        root = Path(cfg.get("path", src.parent))
+        root = root if root.is_absolute() else src.parent / root
+        split = cfg.get("val") or cfg.get("train")
+        if not split:
+            raise CalibrationDataError(f"{src}: dataset YAML has neither `val` nor `train`")
+        files = []
+        for s in split if isinstance(split, list) else [split]:
+            files.extend(image_files(root / s))
+    else:
+        raise CalibrationDataError(f"{src}: expected an image directory, an image, a .txt list or a dataset YAML")
+    if not files:
+        raise CalibrationDataError(f"{src}: no images found ({', '.join(sorted(IMG_SUFFIXES))})")
+    return sorted(files)
+
+
+def load_images(source: str | Path | Sequence[str | Path], imgsz: int | tuple[int, int], n: int | None = None,
+                *, seed: int = 0) -> np.ndarray:
+    """Up to `n` letterboxed RGB images as float32 [N,h,w,3] in [0,1] (a seeded random subset when there are
+    more). Unreadable files are skipped with a warning that counts and names them; none readable is an error."""
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    files = image_files(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    if n is not None and len(files) > n:
+        idx = np.random.default_rng(seed).choice(len(files), n, replace=False)
+        files = [files[i] for i in sorted(idx)]
+    out, bad = [], []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            bad.append(str(f))
+            continue
+        out.append(letterbox(img[..., ::-1], (h, w)))
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} from {source}: {bad[:5]}"
+                      f"{' ...' if len(bad) > 5 else ''}", stacklevel=2)
+    if not out:
+        raise CalibrationDataError(f"{source}: none of {len(files)} image(s) could be read (e.g. {bad[0]})")
+    return np.stack(out).astype(np.float32) / 255.0
