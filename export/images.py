@@ -80,9 +80,9 @@ def load_images(source: str | Path | Sequence[str | Path], imgsz: int | tuple[in
             bad.append(str(f))
             continue
         out.append(letterbox(img[..., ::-1], (h, w)))
+    if not out:
+        raise CalibrationDataError(f"{source}: none of {len(files)} image(s) could be read (e.g. {bad[0]})")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} from {source}: {bad[:5]}"
                       f"{' ...' if len(bad) > 5 else ''}", stacklevel=2)
-    if not out:
-        raise CalibrationDataError(f"{source}: none of {len(files)} image(s) could be read (e.g. {bad[0]})")
     return np.stack(out).astype(np.float32) / 255.0
