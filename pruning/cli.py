@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output checkpoint directory")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, help="share of channels to remove (0-1)")
-    how.add_argument("--threshold", type=float, help="remove channels whose importance (|gamma|) is below this")
+    how.add_argument("--threshold", type=float, help="remove channels whose importance (|gamma| summed over coupled BNs) is below")
     how.add_argument("--target-flops", type=float, help="GFLOPs budget at --imgsz (searched)")
     how.add_argument("--target-params", type=int, help="parameter budget (searched)")
     p.add_argument("--policy", choices=("global", "group", "layer"), default="global",
