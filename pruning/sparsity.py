@@ -174,3 +174,28 @@ def gamma_histogram_plot(params_before, params_after, path: str | Path, *, title
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class SparsityMonitor:
+    """Trainer epoch hook for sparsity training: gamma statistics into the epoch logs (and so TensorBoard and
+    results.csv), a TensorBoard histogram of |gamma| per epoch, and `gamma_hist.png` (first epoch's start vs
+    now) in the run directory.
+
+    Use: `Trainer(..., extra_tx=bn_l1(...), epoch_hooks=(SparsityMonitor(initial_params),))`.
+    """
+
+    def __init__(self, initial_params=None):
+        self.initial = None if initial_params is None else jax.device_get(initial_params)
+
+    def __call__(self, trainer, epoch: int, logs: dict) -> None:
+        params = jax.device_get(trainer.state.params)
+        if self.initial is None:
+            self.initial = params
+        stats = gamma_stats(params, jax.device_get(trainer.state.opt_state))
+        logs.update({f"sparsity/{k}": float(v) for k, v in stats.items() if k != "count"})
+        writer = getattr(trainer, "writer", None)
+        if writer is not None:
+            g = np.abs(np.concatenate([np.asarray(s).reshape(-1) for s in bn_scales(params)]))
+            writer.add_histogram("sparsity/abs_gamma", g, epoch + 1)
+            gamma_histogram_plot(self.initial, params, Path(trainer.rundir) / "gamma_hist.png",
+                                 title=f"BN |gamma|: start vs epoch {epoch + 1}")

@@ -58,7 +58,7 @@ class Loader:
     [B,M] (-1 on class-agnostic ignore regions, 0 on padding); mask bool [B,M] (row is a box or ignore
     region); ignore bool [B,M] (row is an ignore region: no target, its area gives no negatives); obb
     float32 [B,M,5] for oriented datasets; valid bool [B] (False on padding samples of a last partial
-    batch); eval meta: image_ids list[str], orig_shapes int32 [B,2] (h, w), ratio_pad float32 [B,3]
+    batch); eval meta: image_ids list[str], indices int64 [B] (dataset index, -1 on padding), orig_shapes int32 [B,2] (h, w), ratio_pad float32 [B,3]
     (ratio, padx, pady): original = (box - pad) / ratio; zeros for augmented samples, which have no inverse.
 
     batch_size is the global batch; with process_count > 1 each host gets its slice of B/process_count
@@ -279,6 +279,7 @@ class Loader:
             "ignore": np.zeros((B, M), bool),
             "valid": np.zeros(B, bool),
             "image_ids": [""] * B,
+            "indices": np.full(B, -1, np.int64),
             "orig_shapes": np.zeros((B, 2), np.int32),
             "ratio_pad": np.zeros((B, 3), np.float32),
         }
@@ -299,6 +300,7 @@ class Loader:
             out["valid"][k] = True
             rec = self.dataset[i]
             out["image_ids"][k] = rec.image_id
+            out["indices"][k] = i
             out["orig_shapes"][k] = rec.shape
             out["ratio_pad"][k] = ratio_pad
         return out

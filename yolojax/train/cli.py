@@ -71,14 +71,15 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int = 100) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-def sparsity_pieces(cfg, steps_total: int):
-    """(optax transform, epoch hook) for BN-L1 sparsity training, from the pruning stage."""
+def sparsity_pieces(cfg, updates_total: int, initial_params=None):
+    """(optax transform, epoch hook) for BN-L1 sparsity training, from the pruning stage (imported only here,
+    at the edge, so the trainer itself does not depend on a later stage)."""
     if not cfg.sparsity:
         return None, None
     from pruning import sparsity as sp
-    tx = sp.bn_l1(cfg.sparsity, schedule=cfg.sparsity_schedule, total_steps=steps_total,
+    tx = sp.bn_l1(cfg.sparsity, schedule=cfg.sparsity_schedule, total_steps=updates_total,
                   beta_rate=cfg.sparsity_beta, target_sparsity=cfg.sparsity_target)
-    return tx, sp.trainer_hook()
+    return tx, sp.SparsityMonitor(initial_params)
 
 
 def cmd_train(args) -> int:
@@ -96,8 +97,8 @@ def cmd_train(args) -> int:
         cfg = config_from_args(args)
     model = str(rundir / "last") if args.resume else args.model
     spec, variables, note = resolve_model(model, train.nc, train.names, cfg.seed)
-    steps_total = cfg.epochs * (len(train) // cfg.batch)
-    extra_tx, hook = sparsity_pieces(cfg, max(steps_total // max(round(cfg.nbs / cfg.batch), 1), 1))
+    updates_total = cfg.epochs * (len(train) // cfg.batch) // cfg.accumulate()
+    extra_tx, hook = sparsity_pieces(cfg, max(updates_total, 1), variables["params"])
     trainer = Trainer(cfg, rundir, train, val, spec, variables, extra_tx=extra_tx,
                       epoch_hooks=(hook,) if hook else (), progress=args.progress, note=note,
                       meta={"data": str(args.data or "builtin-synthetic")})

@@ -59,13 +59,19 @@ def _all_finite(tree) -> jax.Array:
 
 def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate: int = 1,
                     loss_cfg: LossConfig = LossConfig(), ema_decay: Callable | None = None,
-                    extra_loss: ExtraLoss | None = None, dtype: Any = None) -> Callable:
+                    extra_loss: ExtraLoss | None = None, dtype: Any = None,
+                    bn_warmup: bool = True) -> Callable:
     """train_step(state, batch, teacher) -> (state, metrics), pure; jit it with the shardings you want.
 
     batch: images uint8 [B,S,S,3], boxes [B,M,4] xyxy px, classes [B,M], mask [B,M], ignore [B,M].
     A step whose loss or gradients are not finite leaves the state unchanged and reports finite=False,
     so the caller can stop with the last good state intact.
+
+    bn_warmup: BN running statistics use a cumulative average over the first 1/(1-momentum) = 33 steps, then
+    the usual exponential one. Plain EMA keeps 0.97^t of the initial (mean 0, var 1) for hundreds of steps,
+    which breaks eval-mode outputs of short runs (and of fine-tuning a model whose statistics changed).
     """
+    from ..model.modules import BN_MOMENTUM
     model = YOLOv8(spec, dtype=dtype)
 
     def train_step(state: TrainState, batch: dict, teacher: Any = None):
@@ -83,6 +89,11 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
 
         trainable = state.trainable
         (loss, (items, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        if bn_warmup:
+            # Flax gave old + (1-m)(batch - old); rescale the step to weight max(1-m, 1/(t+1))
+            w = jnp.maximum(1.0 - BN_MOMENTUM, 1.0 / (state.step.astype(jnp.float32) + 1.0))
+            scale = w / (1.0 - BN_MOMENTUM)
+            new_stats = jax.tree.map(lambda n, o: o + scale * (n - o), new_stats, state.batch_stats)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new = optax.apply_updates(trainable, updates)
         stepped = (state.step + 1) % accumulate == 0

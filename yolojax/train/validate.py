@@ -27,7 +27,6 @@ def run_validation(spec: Spec, variables: dict, loader, *, conf: float = 0.001, 
     metrics = DetectionMetrics(spec.nc, names)
     if predict is None:
         predict = jax.jit(make_predict(spec, conf=conf, iou=iou, max_det=max_det))
-    records = {r.image_id: r for r in loader.dataset.records}
     dets: list = []
     loader.set_epoch(0)
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
@@ -36,7 +35,7 @@ def run_validation(spec: Spec, variables: dict, loader, *, conf: float = 0.001, 
             keep = out["valid"][k]
             boxes = scale_boxes(out["boxes"][k][keep], tuple(batch["ratio_pad"][k]), tuple(batch["orig_shapes"][k]))
             scores, classes = out["scores"][k][keep], out["classes"][k][keep]
-            rec = records[batch["image_ids"][k]]
+            rec = loader.dataset[int(batch["indices"][k])]  # by index: stems may repeat across folders
             metrics.update(rec.image_id, boxes, scores, classes, rec.boxes, rec.classes, rec.ignore)
             if collect:
                 dets.append((rec.image_id, boxes, scores, classes))
