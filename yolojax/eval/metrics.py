@@ -62,16 +62,42 @@ def match_detections(
     """
     pred_boxes = np.asarray(pred_boxes, np.float64).reshape(-1, 4)
     gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    crowd = np.zeros(len(gt_boxes), bool) if gt_ignore is None else np.asarray(gt_ignore, bool).reshape(-1)
+    if ignore_overlap not in ("ioa", "iou"):
+        raise ValueError(f"ignore_overlap must be 'ioa' or 'iou', got {ignore_overlap!r}")
+    overlap = box_iou(pred_boxes, gt_boxes)
+    if ignore_overlap == "ioa" and crowd.any() and len(pred_boxes):
+        overlap[:, crowd] = box_ioa(pred_boxes, gt_boxes[crowd])
+    return match_overlaps(overlap, pred_classes, gt_classes, crowd, det_area=box_area(pred_boxes),
+                          gt_area=box_area(gt_boxes), iou_thresholds=iou_thresholds, area_ranges=area_ranges)
+
+
+def match_overlaps(
+    overlap,
+    pred_classes,
+    gt_classes,
+    gt_ignore=None,
+    *,
+    det_area,
+    gt_area,
+    iou_thresholds=IOU_THRESHOLDS,
+    area_ranges: Sequence[tuple[float, float]] = tuple(AREA_RANGES.values()),
+):
+    """`match_detections` on a precomputed overlap matrix, for any box geometry (rotated boxes, polygons).
+
+    overlap [N,M] (detections sorted by descending score x ground truth; for ignored ground truth the overlap
+    that should count there, e.g. intersection over the detection's area); det_area [N], gt_area [M] for the
+    area ranges. Returns (tp [N,R,T], ignored [N,R,T], gt_counted [M,R]) as `match_detections`.
+    """
     pred_classes, gt_classes = np.asarray(pred_classes).reshape(-1), np.asarray(gt_classes).reshape(-1)
-    n, m = len(pred_boxes), len(gt_boxes)
+    n, m = len(pred_classes), len(gt_classes)
+    overlap = np.asarray(overlap, np.float64).reshape(n, m)
     crowd = np.zeros(m, bool) if gt_ignore is None else np.asarray(gt_ignore, bool).reshape(-1)
     thr = np.asarray(iou_thresholds, np.float64)
     rng = np.asarray(area_ranges, np.float64).reshape(-1, 2)
     r, t = len(rng), len(thr)
-    if ignore_overlap not in ("ioa", "iou"):
-        raise ValueError(f"ignore_overlap must be 'ioa' or 'iou', got {ignore_overlap!r}")
-
-    gt_area, det_area = box_area(gt_boxes), box_area(pred_boxes)
+    gt_area = np.asarray(gt_area, np.float64).reshape(m)
+    det_area = np.asarray(det_area, np.float64).reshape(n)
     gt_out = (gt_area[None] < rng[:, :1]) | (gt_area[None] > rng[:, 1:])  # [R,M]
     det_out = (det_area[None] < rng[:, :1]) | (det_area[None] > rng[:, 1:])  # [R,N]
     gt_ign = crowd[None] | gt_out  # [R,M]
@@ -79,9 +105,6 @@ def match_detections(
     ign = np.zeros((n, r, t), bool)
 
     if n and m:
-        overlap = box_iou(pred_boxes, gt_boxes)
-        if ignore_overlap == "ioa" and crowd.any():
-            overlap[:, crowd] = box_ioa(pred_boxes, gt_boxes[crowd])
         overlap = np.where(pred_classes[:, None] == gt_classes[None], overlap, -1.0)  # [N,M]
         claimed = np.zeros((r, t, m), bool)
         thr_b = thr[None, :]  # [1,T]
@@ -225,8 +248,12 @@ class DetectionMetrics:
     """Accumulates per-image detections and ground truth, then computes mAP and friends.
 
     Usage: `m = DetectionMetrics(nc, names)`; `m.update(...)` per image (numpy, original image
-    pixels); `m.compute()` -> dict (see `compute`).
+    pixels); `m.compute()` -> dict (see `compute`). Other box geometries (rotated boxes) subclass it,
+    changing the box layouts below and `_match`.
     """
+
+    pred_box_shape: tuple[int, ...] = (4,)  # one detection's box (xyxy)
+    gt_box_shape: tuple[int, ...] = (4,)  # one ground-truth box (xyxy)
 
     def __init__(
         self,
@@ -285,10 +312,10 @@ class DetectionMetrics:
     def update(self, image_id, pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes, gt_ignore=None):
         """Add one image. pred_boxes [N,4] xyxy, pred_scores [N], pred_classes [N], gt_boxes [M,4] xyxy,
         gt_classes [M], gt_ignore [M] bool or None; all in original image pixels."""
-        pb = self._check(image_id, "pred_boxes", pred_boxes, (4,))
+        pb = self._check(image_id, "pred_boxes", pred_boxes, self.pred_box_shape)
         ps = self._check(image_id, "pred_scores", pred_scores, (), len(pb))
         pc = self._check(image_id, "pred_classes", pred_classes, (), len(pb), integer=True)
-        gb = self._check(image_id, "gt_boxes", gt_boxes, (4,))
+        gb = self._check(image_id, "gt_boxes", gt_boxes, self.gt_box_shape)
         gc = self._check(image_id, "gt_classes", gt_classes, (), len(gb), integer=True)
         if gt_ignore is None:
             gi = np.zeros(len(gb), bool)
@@ -298,9 +325,7 @@ class DetectionMetrics:
                 raise ValueError(f"image {image_id!r}: gt_ignore has {len(gi)} rows, expected {len(gb)}")
         order = np.argsort(-ps, kind="stable")
         pb, ps, pc = pb[order], ps[order], pc[order]
-        tp, ign, counted = match_detections(
-            pb, pc, gb, gc, gi, iou_thresholds=self.iou_thresholds, ignore_overlap=self.ignore_overlap
-        )
+        tp, ign, counted = self._match(pb, pc, gb, gc, gi)
         self._conf.append(ps)
         self._cls.append(pc)
         self._tp.append(tp)
@@ -309,6 +334,11 @@ class DetectionMetrics:
         self._gt_counted.append(counted)
         self._class_images[np.unique(gc[~gi])] += 1
         self.image_ids.append(image_id)
+
+    def _match(self, pred_boxes, pred_classes, gt_boxes, gt_classes, gt_ignore):
+        """(tp, ignored, gt_counted) of one image, detections sorted by score (see `match_detections`)."""
+        return match_detections(pred_boxes, pred_classes, gt_boxes, gt_classes, gt_ignore,
+                                iou_thresholds=self.iou_thresholds, ignore_overlap=self.ignore_overlap)
 
     def compute(self, ap_method: str | None = None) -> dict:
         """AP by `ap_method` (default: the constructor's). Returns dict with
