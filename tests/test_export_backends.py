@@ -1,6 +1,5 @@
 """Export backends and tools: TensorRT (missing-library message), TensorFlow SavedModel, INT8 QDQ, benchmark, CLI."""
 import json
-import warnings
 
 import numpy as np
 import onnx
