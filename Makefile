@@ -11,13 +11,13 @@ DEMO_OUT ?= runs/demo
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,tf]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/yolojax demo -o $(DEMO_OUT)
+	$(VENV)/bin/yolojax compress -o $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -216,4 +216,4 @@ def test_two_process_distributed_training(tmp_path, synth):
     args = json.loads((tmp_path / "dist" / "args.json").read_text())
     assert args["processes"] == 2 and len(args["devices"]) == 2
     assert (tmp_path / "dist" / "last" / "spec.json").exists()
-    assert len(_steps(tmp_path / "dist")) == 5  # 20 train images... 16 train / batch 4 -> 4 steps? see below
+    assert len(_steps(tmp_path / "dist")) == 4  # 16 training images (20 - 20% val) / global batch 4

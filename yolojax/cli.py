@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "pruning.cli",           # prune
     "distill.cli",           # distill
     "export.cli",            # export, benchmark
-    "yolojax.compress",      # compress
+    "yolojax.pipeline",      # compress
 )
 
 

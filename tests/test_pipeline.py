@@ -1,0 +1,48 @@
+"""`yolojax compress` end to end on a tiny configuration: every artifact exists and the report is consistent."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import yolojax
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_compress_end_to_end(tmp_path):
+    from yolojax.data.synth import make_synthetic
+    data = make_synthetic(tmp_path / "synth", images=20, imgsz=64, seed=5, progress=False)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "yolojax.cli", "compress", "--data", str(data), "--model", "tiny", "-o", str(run),
+           "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--epochs-teacher", "1",
+           "--epochs-sparse", "1", "--epochs-finetune", "1", "--prune-ratio", "0.5", "--bench-runs", "2",
+           "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    for rel in ("teacher/best/spec.json", "sparse/last/spec.json", "sparse/gamma_hist.png", "pruned/spec.json",
+                "pruned/channels.png", "finetune/best/spec.json", "export/model.onnx", "export/check.json",
+                "report.md", "report.json", "plots/predictions.png", "plots/pr_baseline.png"):
+        assert (run / rel).exists(), rel
+    for stage in ("teacher", "sparse", "pruned", "finetune", "export"):
+        assert (run / stage / "DONE.json").exists(), stage
+    report = json.loads((run / "report.json").read_text())
+    for stage in ("baseline", "sparse", "pruned", "finetuned", "onnx"):
+        row = report[stage]
+        for key in ("params", "gflops", "map50", "map50_95", "ort_ms"):
+            assert key in row and np.isfinite(row[key]), (stage, key)
+    assert report["pruned"]["params"] < report["baseline"]["params"]
+    assert report["pruned"]["gflops"] < report["baseline"]["gflops"]
+    assert report["finetuned"]["params"] == report["pruned"]["params"] == report["onnx"]["params"]
+    # the ONNX model is evaluated through ONNX Runtime with the same NMS and metrics: same mAP as JAX
+    assert report["onnx"]["map50"] == pytest.approx(report["finetuned"]["map50"], abs=0.02)
+    assert json.loads((run / "export" / "check.json").read_text())["passed"]
+    pruned = yolojax.load(run / "pruned")
+    x = np.random.default_rng(0).random((1, 64, 64, 3), np.float32)
+    assert np.isfinite(np.asarray(pruned(x)["boxes"])).all()
+    assert "| pruned + fine-tuned (KD) |" in (run / "report.md").read_text()
+    # rerunning skips every finished stage and rewrites the same table
+    r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.stderr.count("done, skipped") == 4

@@ -1,0 +1,284 @@
+"""`yolojax compress`: teacher -> sparsity training -> pruning -> distillation fine-tune -> export -> report.
+
+Every stage writes under RUNDIR/<stage>/ and a `DONE.json` when it finishes; a rerun skips finished stages and
+resumes an interrupted training stage from its `last` checkpoint. This module is the orchestration edge: it is
+the one place in `yolojax/` that calls the later stages (pruning/, distill/, export/), lazily.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("teacher", "sparse", "pruned", "finetune", "export")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """Defaults: the README's main job, the built-in synthetic set on 2 CPU cores in ~15 minutes."""
+
+    data: str | None = None           # None: built-in synthetic aerial set
+    model: str = "yolov8n"            # variant or checkpoint to train the teacher from
+    teacher: str | None = None        # a trained model (checkpoint, run dir, Ultralytics .pt): skips stage 1
+    imgsz: int = 256
+    batch: int = 16
+    workers: int = 4
+    epochs_teacher: int = 30
+    epochs_sparse: int = 10
+    epochs_finetune: int = 15
+    optimizer: str = "auto"
+    lr0: float | None = None
+    nbs: int = 16
+    sparsity: float = 1e-3
+    sparsity_schedule: str = "decay"
+    prune_ratio: float | None = 0.5
+    target_flops: float | None = None
+    policy: str = "global"            # global | group | layer (layer = the seed paper's uniform 50% recipe)
+    round_to: int = 8
+    distill: str = "cwd"              # cwd | sad | logit | cwd+logit | none
+    export: str = "onnx"              # onnx | none
+    bench_runs: int = 30
+    seed: int = 0
+    synth_images: int = 400
+    progress: bool = True
+
+
+def _done(d: Path) -> dict | None:
+    f = d / "DONE.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _mark_done(d: Path, **info) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / ".DONE.json.tmp"
+    tmp.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}, indent=1, default=str))
+    tmp.replace(d / "DONE.json")
+
+
+def _say(msg: str) -> None:
+    print(f"[compress] {msg}", file=sys.stderr, flush=True)
+
+
+def _train_config(cc: CompressConfig, epochs: int, **kw):
+    from .train.config import TrainConfig
+    opt = {"lr0": cc.lr0} if cc.lr0 is not None else {}
+    return TrainConfig(epochs=epochs, batch=cc.batch, imgsz=cc.imgsz, workers=cc.workers, optimizer=cc.optimizer,
+                       nbs=cc.nbs, seed=cc.seed, close_mosaic=max(1, min(10, epochs // 3)),
+                       warmup_epochs=min(3.0, max(epochs / 10, 0.5)), **opt, **kw)
+
+
+def _train_stage(d: Path, cfg, train, val, model, *, extra_tx=None, hooks=(), note="", progress=True):
+    """Run (or resume) a training stage in directory d; returns the stage's best Detector."""
+    from .api import load
+    from .train.trainer import Trainer, resolve_model
+    resume = (d / "last" / "trainer.json").exists()
+    spec, variables, why = resolve_model(model if not resume else d / "last", train.nc, train.names, cfg.seed)
+    trainer = Trainer(cfg, d, train, val, spec, variables, extra_tx=extra_tx, epoch_hooks=tuple(hooks),
+                      progress=progress, note=note or why)
+    if resume:
+        trainer.restore()
+        _say(f"{d.name}: resuming at epoch {trainer.epoch}")
+    trainer.fit()
+    return load(d / "best" if (d / "best").exists() else d / "last")
+
+
+def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
+    """Run every stage; returns the report dict (also written to RUNDIR/report.json and report.md)."""
+    from .api import load
+    from .data import load_dataset
+    from .train.cli import default_data
+
+    rundir = Path(rundir)
+    rundir.mkdir(parents=True, exist_ok=True)
+    (rundir / "compress_config.json").write_text(json.dumps(dataclasses.asdict(cc), indent=1))
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    data = cc.data or str(default_data(cc.synth_images, cc.imgsz, cc.seed))
+    train = load_dataset(data, "train")
+    try:
+        val = load_dataset(data, "val")
+    except ValueError:
+        _say("no val split: validating on the training images")
+        val = train
+
+    # 1. teacher -------------------------------------------------------------------------------------
+    d = rundir / "teacher"
+    t0 = time.time()
+    if cc.teacher:
+        teacher = load(cc.teacher)
+        _say(f"teacher: using {cc.teacher} (yolov8{teacher.spec.variant}, nc={teacher.spec.nc})")
+        if teacher.spec.nc != train.nc:
+            raise ValueError(f"--teacher {cc.teacher} has nc={teacher.spec.nc}, the data has {train.nc} classes")
+    elif _done(d):
+        teacher = load(d / "best")
+        _say("teacher: done, skipped")
+    else:
+        _say(f"teacher: training {cc.model} for {cc.epochs_teacher} epochs at {cc.imgsz}px")
+        teacher = _train_stage(d, _train_config(cc, cc.epochs_teacher), train, val, cc.model,
+                               progress=cc.progress)
+        _mark_done(d)
+    timings["teacher"] = time.time() - t0
+
+    # 2. sparsity training ---------------------------------------------------------------------------
+    d = rundir / "sparse"
+    t0 = time.time()
+    if cc.epochs_sparse <= 0 or cc.sparsity <= 0:
+        sparse = teacher
+        _say("sparse: skipped (no sparsity epochs)")
+    elif _done(d):
+        sparse = load(d / "last")
+        _say("sparse: done, skipped")
+    else:
+        from .train.cli import sparsity_pieces
+        cfg = _train_config(cc, cc.epochs_sparse, sparsity=cc.sparsity, sparsity_schedule=cc.sparsity_schedule,
+                            warmup_epochs=0.0)
+        updates = max(cfg.epochs * (len(train) // cfg.batch) // cfg.accumulate(), 1)
+        tx, hook = sparsity_pieces(cfg, updates, teacher.variables["params"])
+        _say(f"sparse: L1 on BN gammas ({cc.sparsity:g}, {cc.sparsity_schedule}) for {cc.epochs_sparse} epochs")
+        _train_stage(d, cfg, train, val, teacher, extra_tx=tx, hooks=(hook,), progress=cc.progress)
+        sparse = load(d / "last")  # the sparsest weights, not the most accurate: what pruning wants
+        _mark_done(d)
+    timings["sparse"] = time.time() - t0
+
+    # 3. pruning -------------------------------------------------------------------------------------
+    d = rundir / "pruned"
+    t0 = time.time()
+    if _done(d):
+        pruned = load(d)
+        _say("pruned: done, skipped")
+    else:
+        pruned = _prune(cc, sparse, d)
+        _mark_done(d)
+    timings["pruned"] = time.time() - t0
+
+    # 4. fine-tune with distillation -----------------------------------------------------------------
+    d = rundir / "finetune"
+    t0 = time.time()
+    if _done(d):
+        finetuned = load(d / "best")
+        _say("finetune: done, skipped")
+    else:
+        cfg = _train_config(cc, cc.epochs_finetune, warmup_epochs=0.5)
+        _say(f"finetune: {cc.epochs_finetune} epochs, distillation: {cc.distill}")
+        if cc.distill == "none":
+            finetuned = _train_stage(d, cfg, train, val, pruned, progress=cc.progress)
+        else:
+            from distill.train import distill_finetune
+            distill_finetune(teacher, pruned, train, val, cfg, method=cc.distill, rundir=d, progress=cc.progress,
+                             resume=(d / "last" / "trainer.json").exists())
+            finetuned = load(d / "best" if (d / "best").exists() else d / "last")
+        _mark_done(d)
+    timings["finetune"] = time.time() - t0
+
+    # 5. export --------------------------------------------------------------------------------------
+    d = rundir / "export"
+    t0 = time.time()
+    onnx_path = None
+    if cc.export == "onnx":
+        onnx_path = d / "model.onnx"
+        if not _done(d):
+            from export.check import check_onnx
+            from export.onnx_emit import export_onnx
+            export_onnx(finetuned, onnx_path, imgsz=cc.imgsz, dynamic=True)
+            report = check_onnx(onnx_path, finetuned)
+            (d / "check.json").write_text(json.dumps(report, indent=1, default=str))
+            if not report["passed"]:
+                raise RuntimeError(f"exported ONNX failed its checks: {report['errors']}")
+            _mark_done(d, onnx=str(onnx_path))
+        _say(f"export: {onnx_path} (checked against ONNX Runtime)")
+    timings["export"] = time.time() - t0
+
+    # 6. report --------------------------------------------------------------------------------------
+    from .report import build_report
+    models = {"baseline": teacher, "sparse": sparse, "pruned": pruned, "finetuned": finetuned}
+    paths = {"baseline": Path(cc.teacher) if cc.teacher else rundir / "teacher" / "best",
+             "sparse": rundir / "sparse" / "last", "pruned": rundir / "pruned", "finetuned": rundir / "finetune" / "best"}
+    paths = {k: (p / "variables" if (p / "variables").is_dir() else p) for k, p in paths.items() if p.exists()}
+    report = build_report(cc, rundir, models, val, onnx_path=onnx_path, timings=timings, paths=paths)
+    report["wall_time_s"] = round(time.time() - t_start, 1)
+    report["config"] = dataclasses.asdict(cc)
+    # report.json: one key per stage (params, gflops, map50, map50_95, ort_ms, ...) and `meta`
+    flat = {**report["stages"], "meta": {k: v for k, v in report.items() if k != "stages"}}
+    (rundir / "report.json").write_text(json.dumps(flat, indent=1, default=float))
+    from .report import write_markdown
+    write_markdown(report, rundir / "report.md")
+    _say(f"report: {rundir / 'report.md'} ({report['wall_time_s']:.0f} s)")
+    return report
+
+
+def _prune(cc: CompressConfig, model, d: Path):
+    """Structured pruning of `model` by the configured policy; writes the checkpoint, report and plot to d."""
+    import pruning
+    from pruning.cli import plot_channels
+    from .api import Detector
+    kw = dict(round_to=cc.round_to)
+    if cc.target_flops:
+        policy = pruning.Budget(target_gflops=cc.target_flops, imgsz=cc.imgsz, **kw)
+    elif cc.policy == "layer":
+        policy = pruning.LayerRatio(ratio=cc.prune_ratio, **kw)
+    elif cc.policy == "group":
+        policy = pruning.GroupPolicy(ratio=cc.prune_ratio, **kw)
+    else:
+        policy = pruning.GlobalRatio(ratio=cc.prune_ratio, **kw)
+    spec, variables = pruning.prune(model.spec, model.variables, policy)
+    rep = pruning.prune_report(model.spec, spec, imgsz=cc.imgsz)
+    det = Detector(spec, variables, {**dict(model.meta), "pruning": [{"policy": repr(policy)}]})
+    if d.exists():
+        shutil.rmtree(d)
+    det.save(d)
+    (d / "prune_report.json").write_text(json.dumps(rep, indent=1, default=float))
+    plot_channels(rep, d / "channels.png")
+    _say(f"pruned: {repr(policy)}: params {rep['params_before']:,} -> {rep['params_after']:,}, "
+         f"GFLOPs@{cc.imgsz} {rep['gflops_before']:.3f} -> {rep['gflops_after']:.3f}")
+    return det
+
+
+def add_compress_args(p) -> None:
+    f = {x.name: x.default for x in dataclasses.fields(CompressConfig)}
+    p.add_argument("--data", default=None, help="dataset (any supported format); default: built-in synthetic set")
+    p.add_argument("--model", default=f["model"], help="variant or checkpoint the teacher is trained from")
+    p.add_argument("--teacher", default=None, help="trained model to compress (skips teacher training)")
+    p.add_argument("-o", "--output", default="runs/compress", help="run directory")
+    p.add_argument("--imgsz", type=int, default=f["imgsz"])
+    p.add_argument("--batch", type=int, default=f["batch"])
+    p.add_argument("--workers", type=int, default=f["workers"])
+    p.add_argument("--epochs-teacher", type=int, default=f["epochs_teacher"])
+    p.add_argument("--epochs-sparse", type=int, default=f["epochs_sparse"])
+    p.add_argument("--epochs-finetune", type=int, default=f["epochs_finetune"])
+    p.add_argument("--optimizer", default=f["optimizer"], choices=["sgd", "adamw", "auto"])
+    p.add_argument("--lr0", type=float, default=None)
+    p.add_argument("--nbs", type=int, default=f["nbs"], help="nominal batch size (Ultralytics 64)")
+    p.add_argument("--sparsity", type=float, default=f["sparsity"], help="L1 rate on BN gammas")
+    p.add_argument("--sparsity-schedule", default=f["sparsity_schedule"], choices=["constant", "decay", "dynamic"])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prune-ratio", type=float, default=f["prune_ratio"], help="share of channels to remove")
+    g.add_argument("--target-flops", type=float, default=None, help="GFLOPs budget at --imgsz (found by search)")
+    p.add_argument("--policy", default=f["policy"], choices=["global", "group", "layer"])
+    p.add_argument("--round-to", type=int, default=f["round_to"])
+    p.add_argument("--distill", default=f["distill"], choices=["cwd", "sad", "logit", "cwd+logit", "none"])
+    p.add_argument("--export", default=f["export"], choices=["onnx", "none"])
+    p.add_argument("--bench-runs", type=int, default=f["bench_runs"])
+    p.add_argument("--synth-images", type=int, default=f["synth_images"])
+    p.add_argument("--seed", type=int, default=f["seed"])
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def config_from_args(args) -> CompressConfig:
+    names = {x.name for x in dataclasses.fields(CompressConfig)}
+    return CompressConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_compress(args) -> int:
+    report = run_compress(config_from_args(args), args.output)
+    print((Path(args.output) / "report.md").read_text())
+    return 0 if report else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compress", help="the whole pipeline: teacher, sparsity, pruning, distillation, export, report")
+    add_compress_args(p)
+    p.set_defaults(func=cmd_compress)

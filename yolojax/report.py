@@ -1,0 +1,171 @@
+"""The compression report: every stage's size, cost, accuracy and speed side by side, with plots."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+
+def dir_size(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def onnx_predict(onnx_path: Path, spec, *, conf: float = 0.001, iou: float = 0.7, max_det: int = 300) -> Callable:
+    """predict(_, images uint8 NHWC) -> NMS'd detections, running the network in ONNX Runtime (for
+    `run_validation`), so the exported graph is evaluated with the same NMS and metrics as every other model."""
+    import jax
+    import jax.numpy as jnp
+    from export.check import ort_session
+    from .eval.nms import non_max_suppression
+
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    nms = jax.jit(lambda b, s: non_max_suppression(b, s, conf=conf, iou=iou, max_det=max_det))
+
+    def predict(_variables, images):
+        x = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0)
+        y = sess.run(None, {name: x})[0].transpose(0, 2, 1)  # [B, A, 4+nc]
+        return nms(jnp.asarray(y[..., :4]), jnp.asarray(y[..., 4:4 + spec.nc]))
+
+    return predict
+
+
+def _evaluate(det, val, imgsz: int, predict=None, workers: int = 4) -> dict:
+    from .data.loader import Loader
+    from .train.validate import run_validation
+    loader = Loader(val, 8, imgsz, augment=False, workers=workers, max_boxes=8)
+    try:
+        metrics, _ = run_validation(det.spec, det.variables, loader, predict=predict, progress=False)
+    finally:
+        loader.close()
+    return metrics
+
+
+def _draw_samples(models: Mapping[str, Any], val, imgsz: int, path: Path, n: int = 4) -> Path:
+    """A grid: rows = models, columns = the first n validation images, predictions drawn (conf 0.25)."""
+    import cv2
+    import jax
+    from .eval.boxes import scale_boxes
+    from .train.step import make_predict
+    from .viz import draw_detections, letterbox_image
+    recs = val.records[:n]
+    rows = []
+    for name, det in models.items():
+        predict = jax.jit(make_predict(det.spec, conf=0.25))
+        tiles = []
+        for rec in recs:
+            img = cv2.imread(rec.path)
+            x, rp = letterbox_image(img, imgsz)
+            r = jax.device_get(predict(det.variables, x[None]))
+            keep = r["valid"][0]
+            boxes = scale_boxes(r["boxes"][0][keep], rp, img.shape[:2])
+            tile = draw_detections(img, boxes, r["scores"][0][keep], r["classes"][0][keep], det.names)
+            tile = cv2.resize(tile, (320, int(320 * img.shape[0] / img.shape[1])))
+            tiles.append(tile)
+        h = max(t.shape[0] for t in tiles)
+        row = np.concatenate([cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, 4, cv2.BORDER_CONSTANT, value=(255,) * 3)
+                              for t in tiles], 1)
+        label = np.full((28, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(label, name, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([label, row], 0))
+    w = max(r.shape[1] for r in rows)
+    grid = np.concatenate([cv2.copyMakeBorder(r, 0, 0, 0, w - r.shape[1], cv2.BORDER_CONSTANT, value=(255,) * 3)
+                           for r in rows], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), grid)
+    return path
+
+
+def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path: Path | None,
+                 timings: Mapping[str, float], paths: Mapping[str, Path] | None = None) -> dict:
+    """Evaluate every stage model; returns {'stages': {name: row}, 'plots': {...}, 'machine': ..., ...}."""
+    from .eval.metrics import plot_pr_curve
+    from .model.counting import count_flops, count_macs, count_params
+    plots = Path(rundir) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, dict] = {}
+    for name, det in models.items():
+        m = _evaluate(det, val, cc.imgsz, workers=cc.workers)
+        plot_pr_curve(m, plots / f"pr_{name}.png")
+        stages[name] = _row(det.spec, m, cc.imgsz, count_params, count_flops, count_macs)
+        if paths and name in paths:
+            stages[name]["size_mb"] = round(dir_size(paths[name]) / 2**20, 3)
+    if onnx_path is not None:
+        fin = models["finetuned"]
+        m = _evaluate(fin, val, cc.imgsz, predict=onnx_predict(onnx_path, fin.spec), workers=cc.workers)
+        plot_pr_curve(m, plots / "pr_onnx.png")
+        stages["onnx"] = _row(fin.spec, m, cc.imgsz, count_params, count_flops, count_macs)
+        stages["onnx"]["size_mb"] = round(Path(onnx_path).stat().st_size / 2**20, 3)
+
+    # latency: every model in one interleaved run per backend (ratios are what is comparable)
+    from export.benchmark import benchmark
+    names = list(models)
+    machine = None
+    for backend, key in (("jax", "jax_ms"), ("onnxruntime", "ort_ms")):
+        res = benchmark([models[n] for n in names], backend=backend, imgsz=cc.imgsz, batch=1, runs=cc.bench_runs,
+                        warmup=3, names=names, progress=False)
+        machine = res["machine"]
+        for n, r in zip(names, res["results"]):
+            stages[n][key] = round(r["p50_ms"], 3)
+            stages[n][key.replace("_ms", "_fps")] = round(r["fps"], 2)
+    if "onnx" in stages:
+        stages["onnx"]["ort_ms"], stages["onnx"]["ort_fps"] = stages["finetuned"]["ort_ms"], stages["finetuned"]["ort_fps"]
+    base = stages["baseline"]
+    for row in stages.values():
+        row["delta"] = {k: round(row[k] - base[k], 4) for k in ("params", "gflops", "map50", "map50_95")}
+        row["delta_pct"] = {k: round(100 * (row[k] - base[k]) / base[k], 2) if base[k] else None
+                            for k in ("params", "gflops", "macs")}
+    _draw_samples({k: models[k] for k in ("baseline", "finetuned") if k in models}, val, cc.imgsz,
+                  plots / "predictions.png")
+    plot_files = {"predictions": "plots/predictions.png", **{f"pr_{k}": f"plots/pr_{k}.png" for k in stages}}
+    for key, rel in (("gamma_hist", "sparse/gamma_hist.png"), ("channels", "pruned/channels.png")):
+        if (Path(rundir) / rel).exists():
+            plot_files[key] = rel
+    return {"stages": stages, "plots": plot_files, "machine": machine, "imgsz": cc.imgsz,
+            "stage_time_s": {k: round(v, 1) for k, v in timings.items()}, "config": vars(cc) if hasattr(cc, "__dict__") else {},
+            "cpu_count": os.cpu_count()}
+
+
+def _row(spec, m: Mapping, imgsz: int, count_params, count_flops, count_macs) -> dict:
+    return {"params": count_params(spec), "gflops": round(count_flops(spec, imgsz), 4),
+            "gflops_640": round(count_flops(spec, 640), 4), "macs": count_macs(spec, imgsz),
+            "size_mb": round(count_params(spec) * 4 / 2**20, 3),
+            "map50": round(float(m["map50"]), 4), "map50_95": round(float(m["map50_95"]), 4),
+            "map_small": round(float(m.get("map_small", -1)), 4), "map_medium": round(float(m.get("map_medium", -1)), 4)}
+
+
+STAGE_TITLES = {"baseline": "baseline (teacher)", "sparse": "sparsity-trained", "pruned": "pruned, before fine-tune",
+                "finetuned": "pruned + fine-tuned (KD)", "onnx": "exported ONNX (ORT)"}
+
+
+def write_markdown(report: Mapping, path: Path) -> Path:
+    st = report["stages"]
+    cfg = report.get("config", {})
+    lines = [f"# Compression report", "",
+             f"Data: {cfg.get('data') or 'built-in synthetic aerial set'}; model {cfg.get('model')}; "
+             f"{report['imgsz']} px; distillation `{cfg.get('distill')}`; pruning `{cfg.get('policy')}` "
+             f"ratio {cfg.get('prune_ratio')}; wall time {report.get('wall_time_s', 0):.0f} s "
+             f"(stages: {', '.join(f'{k} {v:.0f}s' for k, v in report['stage_time_s'].items())}).",
+             f"Machine: {(report.get('machine') or {}).get('cpu', '?')}, {report.get('cpu_count')} cores. "
+             f"Latency: median of interleaved runs, batch 1, {report['imgsz']} px.", "",
+             "| stage | params | GFLOPs | MACs (G) | size (MB) | mAP50 | mAP50-95 | APs | APm | JAX ms | ORT ms | ORT FPS | params Δ | GFLOPs Δ | mAP50 Δ |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, r in st.items():
+        d = r["delta_pct"]
+        lines.append(f"| {STAGE_TITLES.get(k, k)} | {r['params']:,} | {r['gflops']:.3f} | {r['macs'] / 1e9:.3f} | "
+                     f"{r['size_mb']:.2f} | {r['map50']:.4f} | {r['map50_95']:.4f} | {r['map_small']:.4f} | "
+                     f"{r['map_medium']:.4f} | {r.get('jax_ms', float('nan')):.2f} | {r.get('ort_ms', float('nan')):.2f} | "
+                     f"{r.get('ort_fps', float('nan')):.1f} | {d['params']:+.1f}% | {d['gflops']:+.1f}% | "
+                     f"{r['delta']['map50']:+.4f} |")
+    lines += ["", "GFLOPs at the report's image size (Ultralytics' definition); at 640 px: " +
+              ", ".join(f"{k} {r['gflops_640']:.2f}" for k, r in st.items()) + ".", "", "## Plots", ""]
+    for key, rel in report["plots"].items():
+        lines.append(f"![{key}]({rel})")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
