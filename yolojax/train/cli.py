@@ -125,13 +125,22 @@ def cmd_val(args) -> int:
     ds = load_dataset(data, args.split, args.format)
     imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
     loader = Loader(ds, args.batch, imgsz, augment=False, workers=args.workers, max_boxes=8)
+    obb = det.spec.task == "obb"
+    if args.save_dota and not obb:
+        raise SystemExit("--save-dota writes oriented boxes: it needs an OBB model")
     metrics, dets = run_validation(det.spec, det.variables, loader, conf=args.conf, iou=args.iou,
-                                   collect=bool(args.save_json), progress=not args.json)
+                                   collect=bool(args.save_json or args.save_dota), progress=not args.json)
     loader.close()
-    if args.save_json:
+    if args.save_json and obb:
+        from ..eval.obb import save_json
+        save_json(dets, args.save_json, det.names)
+    elif args.save_json:
         from ..eval.coco import save_json, to_coco_detections
         ids, boxes, scores, classes = zip(*dets) if dets else ((), (), (), ())
         save_json(to_coco_detections(ids, boxes, scores, classes), args.save_json)
+    if args.save_dota:
+        from ..eval.obb import save_dota
+        save_dota(dets, args.save_dota, det.names)
     if args.plots:
         Path(args.plots).mkdir(parents=True, exist_ok=True)
         plot_pr_curve(metrics, Path(args.plots) / "PR_curve.png")
@@ -151,9 +160,14 @@ def cmd_predict(args) -> int:
     from ..api import load
     from ..data.imageio import is_image
     from ..eval.boxes import scale_boxes
+    from ..eval.obb import scale_rboxes
+    from ..eval.rotated import rbox_corners
     from ..viz import draw_detections, letterbox_image
     from .step import make_predict
     det = load(args.model)
+    obb = det.spec.task == "obb"
+    if args.tile and not obb:
+        raise SystemExit("--tile merges oriented boxes across tiles: it needs an OBB model")
     src = Path(args.source)
     files = sorted(p for p in src.rglob("*") if is_image(str(p))) if src.is_dir() else [src]
     if not files:
@@ -168,15 +182,29 @@ def cmd_predict(args) -> int:
         if img is None:
             print(f"{f}: unreadable image, skipped", file=sys.stderr)
             continue
-        x, ratio_pad = letterbox_image(img, imgsz)
-        r = jax.device_get(predict(det.variables, x[None]))
-        keep = r["valid"][0]
-        boxes = scale_boxes(r["boxes"][0][keep], ratio_pad, img.shape[:2])
-        scores, classes = r["scores"][0][keep], r["classes"][0][keep]
-        cv2.imwrite(str(out / f"{f.stem}.jpg"), draw_detections(img, boxes, scores, classes, det.names))
+        if args.tile:
+            from ..data.tiling import predict_tiled
+            boxes, scores, classes = predict_tiled(predict, det.variables, img, imgsz=imgsz, tile=args.tile,
+                                                   overlap=args.tile_overlap, max_det=args.max_det)
+        else:
+            x, ratio_pad = letterbox_image(img, imgsz)
+            r = jax.device_get(predict(det.variables, x[None]))
+            keep = r["valid"][0]
+            boxes = (scale_rboxes(r["boxes"][0][keep], ratio_pad) if obb
+                     else scale_boxes(r["boxes"][0][keep], ratio_pad, img.shape[:2]))
+            scores, classes = r["scores"][0][keep], r["classes"][0][keep]
+        if obb:
+            polys = rbox_corners(np.asarray(boxes, np.float64))
+            drawn = draw_detections(img, None, scores, classes, det.names, polygons=polys)
+            rows = [{"rbox": [round(float(v), 4 if i == 4 else 2) for i, v in enumerate(b)],
+                     "poly": [round(float(v), 2) for v in p.reshape(-1)]} for b, p in zip(boxes, polys)]
+        else:
+            drawn = draw_detections(img, boxes, scores, classes, det.names)
+            rows = [{"box": [round(float(v), 2) for v in b]} for b in boxes]
+        cv2.imwrite(str(out / f"{f.stem}.jpg"), drawn)
         results.append({"image": str(f), "detections": [
-            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": int(c),
-             "name": det.names[int(c)]} for b, s, c in zip(boxes, scores, classes)]})
+            {**row, "score": round(float(s), 4), "class": int(c), "name": det.names[int(c)]}
+            for row, s, c in zip(rows, scores, classes)]})
         print(f"{f.name}: {len(boxes)} detections", file=sys.stderr)
     (out / "predictions.json").write_text(json.dumps(results, indent=1))
     print(f"saved {len(results)} images to {out}")
@@ -202,7 +230,9 @@ def register(sub) -> None:
     p.add_argument("--conf", type=float, default=0.001)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--json", action="store_true", help="print one JSON object (map50, map50_95, ...)")
-    p.add_argument("--save-json", dest="save_json", default=None, help="write COCO-format detections here")
+    p.add_argument("--save-json", dest="save_json", default=None,
+                   help="write detections here (COCO format; OBB models: rbox + poly rows)")
+    p.add_argument("--save-dota", dest="save_dota", default=None, help="OBB: DOTA task-1 result files in this dir")
     p.add_argument("--plots", default=None, help="directory for the PR curve")
     p.set_defaults(func=cmd_val)
 
@@ -214,4 +244,6 @@ def register(sub) -> None:
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--max-det", dest="max_det", type=int, default=300)
+    p.add_argument("--tile", type=int, default=0, help="OBB: run on overlapping tiles of this size (large images)")
+    p.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=200, help="overlap of the tiles (px)")
     p.set_defaults(func=cmd_predict)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from ..loss import LossConfig, detection_loss
+from ..loss.obb import obb_loss
 from ..model.spec import Spec
 from ..model.yolov8 import YOLOv8
 
@@ -63,7 +64,8 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
                     bn_warmup: bool = True) -> Callable:
     """train_step(state, batch, teacher) -> (state, metrics), pure; jit it with the shardings you want.
 
-    batch: images uint8 [B,S,S,3], boxes [B,M,4] xyxy px, classes [B,M], mask [B,M], ignore [B,M].
+    batch: images uint8 [B,S,S,3], boxes [B,M,4] xyxy px, classes [B,M], mask [B,M], ignore [B,M]
+    (+ obb [B,M,5] for an obb spec, whose loss is `obb_loss`).
     A step whose loss or gradients are not finite leaves the state unchanged and reports finite=False,
     so the caller can stop with the last good state intact.
 
@@ -73,6 +75,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
     """
     from ..model.modules import BN_MOMENTUM
     model = YOLOv8(spec, dtype=dtype)
+    task_loss = obb_loss if spec.task == "obb" else detection_loss
 
     def train_step(state: TrainState, batch: dict, teacher: Any = None):
         images = batch["images"].astype(jnp.float32) / 255.0
@@ -80,7 +83,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
         def loss_fn(trainable):
             (preds, feats), upd = model.apply({"params": trainable["model"], "batch_stats": state.batch_stats},
                                               images, train=True, mutable=["batch_stats"])
-            loss, items = detection_loss(preds, batch, nc=spec.nc, reg_max=spec.reg_max, cfg=loss_cfg)
+            loss, items = task_loss(preds, batch, nc=spec.nc, reg_max=spec.reg_max, cfg=loss_cfg)
             if extra_loss is not None:
                 eloss, eitems = extra_loss(trainable["aux"], preds, feats, images, batch, teacher)
                 loss = loss + eloss
@@ -119,8 +122,11 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
 
 def make_predict(spec: Spec, *, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
                  multi_label: bool = True, dtype: Any = None) -> Callable:
-    """predict(variables, images uint8|float [B,S,S,3]) -> NMS'd detections (static shapes), jittable."""
+    """predict(variables, images uint8|float [B,S,S,3]) -> NMS'd detections (static shapes), jittable:
+    boxes [B,max_det,4] xyxy, or for an obb spec [B,max_det,5] (cx,cy,w,h,angle) after rotated NMS (ProbIoU);
+    scores, classes, valid [B,max_det]."""
     from ..eval.nms import non_max_suppression
+    from ..eval.obb import rotated_nms
 
     model = YOLOv8(spec, dtype=dtype)
 
@@ -128,6 +134,9 @@ def make_predict(spec: Spec, *, conf: float = 0.001, iou: float = 0.7, max_det: 
         if images.dtype == jnp.uint8:
             images = images.astype(jnp.float32) / 255.0
         preds, _ = model.apply(variables, images, train=False)
+        if spec.task == "obb":
+            rboxes = jnp.concatenate([preds["boxes"], preds["angle"]], -1)
+            return rotated_nms(rboxes, preds["scores"], conf=conf, iou=iou, max_det=max_det, multi_label=multi_label)
         return non_max_suppression(preds["boxes"], preds["scores"], conf=conf, iou=iou, max_det=max_det,
                                    multi_label=multi_label)
 
