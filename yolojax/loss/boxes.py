@@ -12,23 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-
-def make_anchors(shapes: Sequence[tuple[int, int]], strides: Sequence[float],
-                 offset: float = 0.5) -> tuple[jax.Array, jax.Array]:
-    """Anchor centres in grid units for feature maps of the given (h, w) shapes.
-
-    Returns (points [A, 2] as (x + offset, y + offset), row-major per level, levels in order;
-    strides [A] float32), A = sum(h * w).
-    """
-    if len(shapes) != len(strides):
-        raise ValueError(f"make_anchors: {len(shapes)} feature shapes but {len(strides)} strides")
-    points, stride_list = [], []
-    for (h, w), s in zip(shapes, strides):
-        sy, sx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + offset,
-                              jnp.arange(w, dtype=jnp.float32) + offset, indexing="ij")
-        points.append(jnp.stack([sx, sy], -1).reshape(-1, 2))
-        stride_list.append(jnp.full((h * w,), s, jnp.float32))
-    return jnp.concatenate(points), jnp.concatenate(stride_list)
+from yolojax.model.modules import make_anchors  # noqa: F401  (one definition, shared with the model head)
 
 
 def dist2bbox(distance: jax.Array, anchor_points: jax.Array, xywh: bool = True) -> jax.Array:

@@ -115,7 +115,10 @@ def head_branch(parent: nn.Module, x, prefix: str, widths: tuple[int, int], out:
 
 
 def make_anchors(shapes: Sequence[tuple[int, int]], strides: Sequence[int], offset: float = 0.5):
-    """Anchor centres in grid units [A,2] (x, y) and their strides [A], P3 first, row-major (h, w)."""
+    """Anchor centres in grid units [A,2] (x + offset, y + offset) and their strides [A] float32, levels in
+    order (P3 first), row-major (h, w) within a level."""
+    if len(shapes) != len(strides):
+        raise ValueError(f"make_anchors: {len(shapes)} feature shapes but {len(strides)} strides")
     points, stride_list = [], []
     for (h, w), s in zip(shapes, strides):
         sy, sx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + offset,
