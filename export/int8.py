@@ -1,15 +1,29 @@
-"""INT8 ONNX: ONNX Runtime static quantization in QDQ form (what TensorRT's explicit-precision mode reads).
+"""INT8 ONNX: ONNX Runtime static quantization (QDQ or QOperator), calibrated on letterboxed dataset images.
 
-Recipe (ONNX Runtime's recommendations for TensorRT-bound models): pre-process (`quant_pre_process`: ONNX
-shape inference and graph optimization; the symbolic shape pass is skipped, the graph's shapes are static
-apart from the batch), then `quantize_static` with QuantizeLinear/DequantizeLinear pairs, int8 symmetric
-activations and per-channel int8 symmetric weights, calibrated (minmax, entropy or percentile) on letterboxed
-dataset images. The head's last 1x1 convs (box distribution, class logits, angle) and everything after them
-(DFL, decode, sigmoid, NMS) stay in float by default: they are tiny and their outputs feed a softmax and
-pixel coordinates, where 8 bits cost the most accuracy.
+Two targets, because the runtimes disagree on what an INT8 graph must look like:
+
+* `cpu` (default; ONNX Runtime on x86/ARM CPUs): uint8 asymmetric activations, int8 symmetric per-channel
+  weights (U8S8), and Q/DQ on every op of the body (Conv, Sigmoid, Mul, Add, Concat, Split, MaxPool, Resize).
+  ONNX Runtime then runs the body as QLinearConv -> QLinearSigmoid -> QLinearMul (SiLU) with QLinearAdd and
+  QLinearConcat, and MaxPool / Resize / Split directly on uint8: tensors stay 8-bit from the first conv to the
+  head. Measured on this 2-core AMD EPYC (AVX512-VNNI), yolov8n 640: ~0.35x the float32 latency.
+* `tensorrt`: int8 symmetric activations and weights (zero point 0, the only kind TensorRT's explicit
+  quantization reads), Q/DQ on convolutions only (TensorRT's recommended placement; it fuses Conv+SiLU itself).
+  ONNX Runtime's x86 CPU provider does not fuse int8-activation QDQ (its S8S8 kernels are slower than U8S8),
+  so there this graph runs as float convs wrapped in fake quantization: slower than float32 (~1.2x here).
+
+Why the first INT8 export was slow (conv-only Q/DQ, int8 activations): neither condition for ONNX Runtime's
+QDQ fusion held. With int8 activations no DQ->Conv->Q unit is fused on x86; with conv-only Q/DQ the conv
+output goes to a float Sigmoid/Mul, so even uint8 gives QLinearConv followed by DQ -> float SiLU -> Q at every
+layer (~0.5x). Only uint8 activations *and* every body op quantized keep the tensors in 8 bits end to end.
+
+The head's last 1x1 convs (box distribution, class logits, angle) stay float by default, and DFL, decode,
+sigmoid and NMS always do: their outputs feed a softmax and pixel coordinates (8 bits over 640 px are 2.5 px
+steps), and they cost little.
 """
 from __future__ import annotations
 
+import collections
 import json
 import re
 import tempfile
@@ -20,46 +34,84 @@ import numpy as np
 import onnx
 
 METHODS = ("minmax", "entropy", "percentile")
-# Head final convs and post-processing; emitter names are `model_22/cv{2,3,4}_{lvl}_2/Conv`, `model_22/dfl/...`.
-_FLOAT_TAIL = re.compile(r"^(model_22/(cv\d_\d+_2/|dfl/|decode/|scores|angle/|dist/|logit/|cv\d_\d+/)|nms/|output0)")
+TARGETS = ("cpu", "tensorrt")
+QUANT_FORMATS = ("qdq", "qoperator")
+# Every op type of the emitted body (see onnx_emit.py): with all of them quantized, ORT's CPU provider keeps
+# the tensors uint8 from the first conv to the head.
+BODY_OPS = ("Conv", "Sigmoid", "Mul", "Add", "Concat", "Split", "MaxPool", "Resize")
+TARGET_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"activation": "uint8", "symmetric_activations": False, "op_types": BODY_OPS},
+    "tensorrt": {"activation": "int8", "symmetric_activations": True, "op_types": ("Conv",)},
+}
+# Emitter names: head final convs `model_22/cv{2,3,4}_{lvl}_2/Conv`; their reshapes `model_22/cv{2,3,4}_{lvl}/...`;
+# DFL, decode, score sigmoid, angle, the branch concats, NMS and the output concat.
+_HEAD_CONVS = re.compile(r"^model_22/cv\d_\d+_2/")
+_DECODE = re.compile(r"^(model_22/(dfl/|decode/|scores|angle/|dist/|logit/|cv\d_\d+/)|nms/|output0)")
+# Chunk of calibration batches per collection pass for histogram calibrators, which hold every activation
+# of every image of a pass in memory (yolov8n 640: ~0.2 GB per image).
+_HIST_CHUNK = 8
 
 
-def float_tail_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes left in float: head final convs, their reshapes, DFL, decode, NMS."""
-    return [n.name for n in model.graph.node if _FLOAT_TAIL.match(n.name)]
+def float_tail_nodes(model: onnx.ModelProto, keep_head_float: bool = True) -> list[str]:
+    """Names of the nodes left in float: DFL, decode, sigmoid, NMS, and (keep_head_float) the head's final convs."""
+    return [n.name for n in model.graph.node
+            if _DECODE.match(n.name) or (keep_head_float and _HEAD_CONVS.match(n.name))]
 
 
 class _Reader:
-    """CalibrationDataReader over images [N,h,w,3] in [0,1], fed as NCHW batches of `batch`."""
+    """CalibrationDataReader over images [N,h,w,3] in [0,1], fed as NCHW batches of `batch`.
+
+    `__len__`/`set_range` let ORT collect in chunks (`CalibStridedMinMax`)."""
 
     def __init__(self, name: str, images: np.ndarray, batch: int):
         self.name, self.batch = name, batch
         self.data = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        self.pos = 0
+        self.n = len(self.data) // batch
+        self.pos, self.end = 0, self.n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.pos, self.end = start_index, min(end_index, self.n)
 
     def get_next(self) -> dict | None:
-        if self.pos + self.batch > len(self.data):
+        if self.pos >= self.end:
             return None
-        x = self.data[self.pos:self.pos + self.batch]
-        self.pos += self.batch
+        x = self.data[self.pos * self.batch:(self.pos + 1) * self.batch]
+        self.pos += 1
         return {self.name: x}
 
     def rewind(self) -> None:
-        self.pos = 0
+        self.pos, self.end = 0, self.n
+
+
+def _chunk(n: int, most: int = _HIST_CHUNK) -> int:
+    """Largest divisor of n that is <= most (ORT's strided collection needs n % chunk == 0)."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
                   calib_data: str | Path | np.ndarray, calib_images: int = 256, method: str = "minmax",
-                  keep_head_float: bool = True, check_images: np.ndarray | None = None,
-                  per_channel: bool = True, op_types: Sequence[str] | None = ("Conv",), seed: int = 0) -> dict:
-    """Quantize an exported float32 ONNX graph to INT8 QDQ and check it.
+                  target: str = "cpu", quant_format: str = "qdq", keep_head_float: bool = True,
+                  op_types: Sequence[str] | None = None, per_channel: bool = True, reduce_range: bool = False,
+                  check_images: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Quantize an exported float32 ONNX graph to INT8 and check it.
 
-    calib_data: image dir / .txt list / dataset YAML (letterboxed to the graph's size) or an array
-    [N,h,w,3] in [0,1]. op_types: ops that get Q/DQ; the default (convolutions only: their inputs and weights)
-    is TensorRT's recommended placement and keeps Conv+SiLU fusable; None quantizes every op ORT can.
-    Returns {'path', 'calib_images', 'method', 'quantized_convs', 'float_convs',
-    'qdq_nodes', 'size_mb', 'float_size_mb', 'checker', 'unsupported_ops', 'vs_float': {'box_mae_px',
-    'box_max_rel', 'score_mae', 'score_max_abs'}, 'vs_jax' (same keys, with a detector), 'passed', 'summary'}.
+    calib_data: image dir / .txt list / dataset YAML (its `val`, else `train`; letterboxed to the graph's
+    size) or an array [N,h,w,3] in [0,1]. target: 'cpu' (uint8 activations, every body op: fast in ONNX
+    Runtime) or 'tensorrt' (symmetric int8, Q/DQ on convs only); see the module docstring. quant_format:
+    'qdq' (QuantizeLinear/DequantizeLinear around float ops; ORT fuses them) or 'qoperator' (QLinearConv etc.
+    written out; cpu target only). op_types: override the target's quantized op types. keep_head_float: leave
+    the head's final 1x1 convs float (DFL/decode/NMS are always float). reduce_range: 7-bit weights, for
+    x86 CPUs without VNNI where U8S8 products can saturate.
+
+    Returns {'path', 'calib_images', 'method', 'target', 'format', 'activation_type', 'op_types',
+    'quantized_convs', 'float_convs', 'qdq_nodes', 'size_mb', 'float_size_mb', 'checker', 'unsupported_ops',
+    'tensorrt_ready' (symmetric int8 Q/DQ that TensorRT parses: the tensorrt target),
+    'ort_ops' (op counts of the graph ONNX Runtime runs after its optimizations), 'ort_int8_convs',
+    'vs_float': {'box_mae_px', 'box_max_rel', 'score_mae', 'score_max_abs'}, 'vs_jax' and 'float_vs_jax' (same
+    keys, with a detector), 'passed', 'summary'}.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -70,11 +122,23 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
 
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+    if target not in TARGETS:
+        raise ValueError(f"INT8 target must be one of {TARGETS}, got {target!r}")
+    if quant_format not in QUANT_FORMATS:
+        raise ValueError(f"quant_format must be one of {QUANT_FORMATS}, got {quant_format!r}")
+    if target == "tensorrt" and quant_format != "qdq":
+        raise ValueError("TensorRT reads Q/DQ graphs only: use quant_format='qdq' with target='tensorrt'")
+    preset = TARGET_PRESETS[target]
+    ops = tuple(op_types) if op_types is not None else preset["op_types"]
     float_onnx, out = Path(float_onnx), Path(out)
+    if not float_onnx.is_file():
+        raise FileNotFoundError(f"{float_onnx}: no such ONNX file")
     proto = onnx.load(str(float_onnx))
     meta = read_metadata(proto)
     if meta.get("half") == "True":
         raise ValueError(f"{float_onnx}: quantize a float32 export, not a --half one")
+    if meta.get("int8") == "True":
+        raise ValueError(f"{float_onnx}: already quantized; quantize the float32 export")
     inp = proto.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim]
     h, w = dims[2], dims[3]
@@ -83,33 +147,41 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         if imgs.ndim != 4 or imgs.shape[1:] != (h, w, 3) or len(imgs) == 0:
             raise CalibrationDataError(f"calibration array must be [N>0,{h},{w},3], got {imgs.shape}")
     else:
-        imgs = load_images(calib_data, (h, w), calib_images, seed=seed)
+        # absolute: a dataset YAML without `path` resolves its splits against its own folder
+        imgs = load_images(Path(calib_data).absolute(), (h, w), calib_images, seed=seed)
     batch = dims[0] if dims[0] > 0 else 1
     if len(imgs) < batch:
         raise CalibrationDataError(f"{calib_data}: {len(imgs)} calibration image(s), the graph's batch is {batch}")
 
+    act_type = QuantType.QUInt8 if preset["activation"] == "uint8" else QuantType.QInt8
+    reader = _Reader(inp.name, imgs, batch)
+    extra = {"ActivationSymmetric": preset["symmetric_activations"], "WeightSymmetric": True,
+             "CalibMovingAverage": method == "minmax", "CalibTensorRangeSymmetric": False}
+    if method != "minmax":
+        extra["CalibStridedMinMax"] = _chunk(len(reader))  # bounds the calibrator's memory (see _HIST_CHUNK)
     with tempfile.TemporaryDirectory(prefix="yolojax-int8-") as work:
         pre = Path(work) / "pre.onnx"
+        # the symbolic shape pass is skipped: shapes are static apart from the batch (and it needs sympy)
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
-        pre_proto = onnx.load(str(pre))
-        exclude = float_tail_nodes(pre_proto) if keep_head_float else []
+        exclude = float_tail_nodes(onnx.load(str(pre)), keep_head_float)
         calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.tmp")
-        quantize_static(str(pre), str(tmp_out), _Reader(inp.name, imgs, batch), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calib, nodes_to_exclude=exclude,
-                        op_types_to_quantize=list(op_types) if op_types else None,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "CalibMovingAverage": method == "minmax",
-                                       "CalibTensorRangeSymmetric": False})
+        quantize_static(str(pre), str(tmp_out), reader,
+                        quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                        per_channel=per_channel, reduce_range=reduce_range, activation_type=act_type,
+                        weight_type=QuantType.QInt8, calibrate_method=calib, nodes_to_exclude=exclude,
+                        op_types_to_quantize=list(ops), extra_options=extra)
     q = onnx.load(str(tmp_out))
-    onnx.helper.set_model_props(q, {**meta, "int8": "True", "calib_method": method, "calib_images": str(len(imgs))})
+    onnx.helper.set_model_props(q, {**meta, "int8": "True", "int8_target": target, "int8_format": quant_format,
+                                    "int8_activations": preset["activation"], "int8_ops": ",".join(ops),
+                                    "calib_method": method, "calib_images": str(len(imgs))})
     onnx.save_model(q, str(tmp_out))
     tmp_out.replace(out)
 
-    report: dict[str, Any] = {"path": str(out), "calib_images": int(len(imgs)), "method": method}
+    report: dict[str, Any] = {"path": str(out), "calib_images": int(len(imgs)), "method": method, "target": target,
+                              "format": quant_format, "activation_type": preset["activation"], "op_types": list(ops)}
     try:
         onnx.checker.check_model(str(out), full_check=True)
         report["checker"] = True
@@ -120,6 +192,9 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     report.update(_conv_counts(q))
     report["size_mb"] = round(out.stat().st_size / 1e6, 3)
     report["float_size_mb"] = round(float_onnx.stat().st_size / 1e6, 3)
+    report["ort_ops"] = ort_optimized_ops(out)
+    report["ort_int8_convs"] = report["ort_ops"].get("com.microsoft::QLinearConv", 0) + report["ort_ops"].get(
+        "QLinearConv", 0)
 
     x = check_images if check_images is not None else imgs[: max(batch, min(4, len(imgs)))]
     if dims[0] > 0:
@@ -144,25 +219,52 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         report["vs_jax"] = _errors(got_q, {"boxes": ref["boxes"], "scores": ref["scores"]})
         report["float_vs_jax"] = _errors(got_f, {"boxes": ref["boxes"], "scores": ref["scores"]})
     finite = bool(np.isfinite(got_q["boxes"]).all() and np.isfinite(got_q["scores"]).all())
-    report["passed"] = bool(report["checker"] and not report["unsupported_ops"] and finite
-                            and report["quantized_convs"] > 0)
+    # QOperator graphs are ONNX Runtime's own (QLinear* ops): the TensorRT allowlist does not apply to them.
+    # TensorRT also needs zero points of 0 (symmetric int8): only the tensorrt target's graph parses there.
+    report["tensorrt_ready"] = bool(target == "tensorrt" and not report["unsupported_ops"])
+    report["passed"] = bool(report["checker"] and finite and report["quantized_convs"] > 0
+                            and (quant_format == "qoperator" or not report["unsupported_ops"]))
     v = report["vs_float"]
+    fused = (f"ONNX Runtime runs {report['ort_int8_convs']} of them as QLinearConv"
+             if report["ort_int8_convs"] or target == "cpu" else
+             "ONNX Runtime's CPU provider runs them as float convs with fake quantization (for TensorRT)")
     report["summary"] = (
-        f"INT8 QDQ: {report['quantized_convs']} convs int8, {report['float_convs']} float "
-        f"({'head tail kept float' if keep_head_float else 'all quantized'}), {report['qdq_nodes']} Q/DQ nodes, "
+        f"INT8 {quant_format.upper()} ({target}: {preset['activation']} activations, int8 weights): "
+        f"{report['quantized_convs']} convs int8, {report['float_convs']} float "
+        f"({'head tail kept float' if keep_head_float else 'head convs quantized, decode float'}), {fused}; "
         f"{report['size_mb']} MB (float {report['float_size_mb']} MB); onnx.checker "
-        f"{'ok' if report['checker'] else 'FAILED'}, TensorRT ops {'ok' if not report['unsupported_ops'] else report['unsupported_ops']}; "
+        f"{'ok' if report['checker'] else 'FAILED'}, TensorRT ops "
+        f"{'ok' if not report['unsupported_ops'] else report['unsupported_ops']}"
+        f"{'' if report['tensorrt_ready'] else ' (uint8/QLinear graph: for ONNX Runtime, not TensorRT)'}; "
         f"vs float32 on {len(x)} images: box MAE {v['box_mae_px']:.3g} px (max rel to scale {v['box_max_rel']:.3g}), "
         f"score MAE {v['score_mae']:.3g} (max {v['score_max_abs']:.3g})")
     return report
 
 
+def ort_optimized_ops(path: str | Path) -> dict[str, int]:
+    """Op counts ('domain::Op' outside the default domain) of the graph ONNX Runtime's CPU provider actually
+    runs after its graph optimizations (ORT_ENABLE_ALL): shows whether Q/DQ units were fused into QLinear ops."""
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory(prefix="yolojax-ortopt-") as work:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(work) / "opt.onnx")
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        m = onnx.load(so.optimized_model_filepath)
+    c = collections.Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in m.graph.node)
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _conv_counts(q: onnx.ModelProto) -> dict:
-    """Convs fed by a DequantizeLinear weight are int8; the rest are float."""
+    """Convs with int8 weights (a DequantizeLinear weight input, or QLinearConv) and the float ones."""
     produced = {o: n for n in q.graph.node for o in n.output}
     quant = flt = 0
     for n in q.graph.node:
-        if n.op_type == "Conv":
+        if n.op_type == "QLinearConv":
+            quant += 1
+        elif n.op_type == "Conv":
             src = produced.get(n.input[1])
             if src is not None and src.op_type == "DequantizeLinear":
                 quant += 1
@@ -185,4 +287,5 @@ def calibration_reader(name: str, images: np.ndarray, batch: int = 1) -> Any:
     return _Reader(name, images, batch)
 
 
-__all__: Sequence[str] = ("quantize_int8", "float_tail_nodes", "calibration_reader", "METHODS")
+__all__: Sequence[str] = ("quantize_int8", "float_tail_nodes", "calibration_reader", "ort_optimized_ops",
+                          "METHODS", "TARGETS", "QUANT_FORMATS", "BODY_OPS")

@@ -1,6 +1,7 @@
 """The compression report: every stage's size, cost, accuracy and speed side by side, with plots."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,22 +18,58 @@ def dir_size(path: Path) -> int:
 
 def onnx_predict(onnx_path: Path, spec, *, conf: float = 0.001, iou: float = 0.7, max_det: int = 300) -> Callable:
     """predict(_, images uint8 NHWC) -> NMS'd detections, running the network in ONNX Runtime (for
-    `run_validation`), so the exported graph is evaluated with the same NMS and metrics as every other model."""
+    `run_validation`), so the exported graph (float32, fp16 or INT8) is evaluated with the same NMS and metrics
+    as every other model. A fixed-batch graph is run over the loader's batch in slices of its batch."""
     import jax
     import jax.numpy as jnp
     from export.check import ort_session
+    from export.onnx_emit import read_metadata
     from .eval.nms import non_max_suppression
+    from .eval.obb import rotated_nms
 
+    if read_metadata(onnx_path).get("nms", "none") != "none":
+        raise ValueError(f"{onnx_path}: has NMS inside the graph; validate a graph exported without --nms "
+                         "(the validator applies its own NMS at conf 0.001)")
     sess = ort_session(onnx_path)
-    name = sess.get_inputs()[0].name
-    nms = jax.jit(lambda b, s: non_max_suppression(b, s, conf=conf, iou=iou, max_det=max_det))
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    size = tuple(inp.shape[2:4])
+    nc, obb = spec.nc, spec.task == "obb"
+    if obb:
+        nms = jax.jit(lambda b, s: rotated_nms(b, s, conf=conf, iou=iou, max_det=max_det))
+    else:
+        nms = jax.jit(lambda b, s: non_max_suppression(b, s, conf=conf, iou=iou, max_det=max_det))
 
     def predict(_variables, images):
         x = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0)
-        y = sess.run(None, {name: x})[0].transpose(0, 2, 1)  # [B, A, 4+nc]
-        return nms(jnp.asarray(y[..., :4]), jnp.asarray(y[..., 4:4 + spec.nc]))
+        if tuple(x.shape[2:]) != size:
+            raise ValueError(f"{onnx_path} takes {size[0]}x{size[1]} images, got {x.shape[2]}x{x.shape[3]}: "
+                             f"validate at --imgsz {size[0]}")
+        step = fixed or len(x)
+        if len(x) % step:
+            raise ValueError(f"{onnx_path} has a fixed batch {fixed}: use a multiple of it as --batch")
+        y = np.concatenate([sess.run(None, {inp.name: x[i:i + step]})[0] for i in range(0, len(x), step)])
+        y = y.transpose(0, 2, 1)  # [B, A, 4+nc(+1)]
+        if obb:
+            return nms(jnp.asarray(np.concatenate([y[..., :4], y[..., 4 + nc:5 + nc]], -1)),
+                       jnp.asarray(y[..., 4:4 + nc]))
+        return nms(jnp.asarray(y[..., :4]), jnp.asarray(y[..., 4:4 + nc]))
 
     return predict
+
+
+def onnx_detector(onnx_path: str | Path, *, conf: float = 0.001, iou: float = 0.7, max_det: int = 300):
+    """(Detector with the graph's spec and no variables, its `onnx_predict`) for `yolojax val MODEL.onnx`;
+    meta['imgsz'] is the graph's input size."""
+    from export.onnx_emit import read_metadata, spec_from_onnx
+    from .api import Detector
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
+    spec = spec_from_onnx(onnx_path)
+    imgsz = json.loads(read_metadata(onnx_path).get("imgsz", "[640, 640]"))[0]
+    det = Detector(spec, {}, {"imgsz": imgsz, "onnx": str(onnx_path)})
+    return det, onnx_predict(onnx_path, spec, conf=conf, iou=iou, max_det=max_det)
 
 
 def _evaluate(det, val, imgsz: int, predict=None, workers: int = 4) -> dict:

@@ -120,7 +120,12 @@ def cmd_val(args) -> int:
     from ..data.loader import Loader
     from ..eval.metrics import format_results, plot_pr_curve
     from .validate import run_validation
-    det = load(args.model)
+    predict = None
+    if str(args.model).endswith(".onnx"):  # an exported (e.g. INT8) graph, run in ONNX Runtime
+        from ..report import onnx_detector
+        det, predict = onnx_detector(args.model, conf=args.conf, iou=args.iou)
+    else:
+        det = load(args.model)
     data = args.data or default_data()
     ds = load_dataset(data, args.split, args.format)
     imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
@@ -128,7 +133,7 @@ def cmd_val(args) -> int:
     obb = det.spec.task == "obb"
     if args.save_dota and not obb:
         raise SystemExit("--save-dota writes oriented boxes: it needs an OBB model")
-    metrics, dets = run_validation(det.spec, det.variables, loader, conf=args.conf, iou=args.iou,
+    metrics, dets = run_validation(det.spec, det.variables, loader, conf=args.conf, iou=args.iou, predict=predict,
                                    collect=bool(args.save_json or args.save_dota), progress=not args.json)
     loader.close()
     if args.save_json and obb:
