@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import REPO
 
-OVERFIT = dict(variant="tiny", images=10, imgsz=256, epochs=600, lr0=0.01)
+# measured here: mAP50 0.18 after 150 epochs (steps), 0.76 after 300
+OVERFIT = dict(variant="tiny", images=10, imgsz=256, epochs=400, lr0=0.01)
 
 
 @pytest.fixture(scope="module")
