@@ -77,3 +77,13 @@ def test_cli_convert_then_info(tmp_path):
     assert d["params"] == 3_157_200 and d["variant"] == "n"
     det = yolojax.load(tmp_path / "ck")
     assert det.names[0] == "class0" and det.meta["source"].endswith("yolov8n_nc80_random.pt")
+
+
+def test_recover_after_kill_between_renames(tmp_path, tiny):
+    tiny.save(tmp_path / "ck", version=1)
+    # a writer killed after moving the old version aside and before renaming the new one into place
+    (tmp_path / "ck").rename(tmp_path / ".ck.old-1234")
+    (tmp_path / ".ck.tmp-5678").mkdir()
+    checkpoint.recover_dir(tmp_path / "ck")
+    assert yolojax.load(tmp_path / "ck").meta["version"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]

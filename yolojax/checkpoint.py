@@ -85,6 +85,19 @@ class _AtomicDir:
         return False
 
 
+def recover_dir(final: Path) -> None:
+    """Clean up after a writer killed mid-save: if `final` is missing but its previous version was moved aside
+    (killed between the two renames of `atomic_dir`), put it back; then drop leftover temporary copies."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not final.exists() and olds:
+        os.replace(olds.pop(), final)
+    for p in olds + list(final.parent.glob(f".{final.name}.tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def save_model(directory: str | Path, spec: Spec, variables: Mapping, meta: Mapping | None = None) -> Path:
     """Write spec + {'params','batch_stats'} (+ meta) atomically to `directory`."""
     directory = Path(directory)

@@ -154,6 +154,9 @@ class Trainer:
         self.teacher = jax.device_put(self.teacher, self.replicated) if self.teacher is not None else None
         self.epoch, self.best_fitness, self.history = 0, -1.0, []
         self._writer = None
+        if is_primary():
+            for which in ("last", "best"):
+                ckpt.recover_dir(self.rundir / which)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _meta(self, **extra) -> dict:
