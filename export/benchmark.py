@@ -101,6 +101,9 @@ def onnx_candidate(model, imgsz: int, batch: int, half: bool, name: str | None =
         meta = read_metadata(path)
         if "spec" in meta:
             info.update(_model_info(spec_from_onnx(path), imgsz))
+        info["size_mb"] = round(path.stat().st_size / 1e6, 3)
+        if meta.get("int8") == "True":
+            info["int8"] = f"{meta.get('int8_target', 'tensorrt')}/{meta.get('int8_format', 'qdq')}"
         if half and meta.get("half") != "True":
             raise ValueError(f"{path} is a float32 graph; --half needs a graph exported with --half")
     else:

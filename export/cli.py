@@ -48,9 +48,11 @@ def run_export(args) -> int:
         export_onnx(det, fp32, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
                     nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det)
         rep = quantize_int8(fp32, onnx_path, det, calib_data=args.calib_data, calib_images=args.calib_images,
-                            method=args.calib_method, check_images=check_images)
-        print(f"wrote {onnx_path} (INT8 Q/DQ, {args.calib_method} calibration on {rep['calib_images']} images; "
-              f"float model {fp32})")
+                            method=args.calib_method, check_images=check_images, target=args.int8_target,
+                            quant_format=args.int8_format, keep_head_float=not args.int8_head,
+                            reduce_range=args.reduce_range)
+        print(f"wrote {onnx_path} (INT8 {args.int8_format.upper()} for {args.int8_target}, {args.calib_method} "
+              f"calibration on {rep['calib_images']} images; float model {fp32})")
         print(rep["summary"])
         return 0 if rep["passed"] else 1
     else:
@@ -134,6 +136,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-data", help="calibration images: dir, image list .txt or dataset YAML")
     p.add_argument("--calib-images", type=int, default=256, help="number of calibration images")
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--int8-target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="cpu: uint8 activations, every op quantized (fast in ONNX Runtime); tensorrt: symmetric "
+                        "int8 Q/DQ on convs (what TensorRT reads; slow in ONNX Runtime on x86)")
+    p.add_argument("--int8-format", choices=("qdq", "qoperator"), default="qdq",
+                   help="Q/DQ pairs (portable) or ONNX Runtime's QLinear ops (cpu target only)")
+    p.add_argument("--int8-head", action="store_true",
+                   help="quantize the head's final 1x1 convs too (DFL/decode always stay float)")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights: for x86 CPUs without VNNI, where uint8 x int8 products can saturate")
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace (GB)")
     p.add_argument("--check-images", help="images for the ONNX Runtime vs JAX check (default: noise)")
     p.add_argument("--no-check", action="store_true", help="skip the checks")

@@ -8,7 +8,8 @@ Two targets, because the runtimes disagree on what an INT8 graph must look like:
   QLinearConcat, and MaxPool / Resize / Split directly on uint8: tensors stay 8-bit from the first conv to the
   head. Measured on this 2-core AMD EPYC (AVX512-VNNI), yolov8n 640: ~0.35x the float32 latency.
 * `tensorrt`: int8 symmetric activations and weights (zero point 0, the only kind TensorRT's explicit
-  quantization reads), Q/DQ on convolutions only (TensorRT's recommended placement; it fuses Conv+SiLU itself).
+  quantization reads), Q/DQ on the inputs of convolutions only (TensorRT's recommended placement: it fuses
+  Conv+SiLU itself and requantizes at the next conv's input).
   ONNX Runtime's x86 CPU provider does not fuse int8-activation QDQ (its S8S8 kernels are slower than U8S8),
   so there this graph runs as float convs wrapped in fake quantization: slower than float32 (~1.2x here).
 
@@ -40,8 +41,11 @@ QUANT_FORMATS = ("qdq", "qoperator")
 # the tensors uint8 from the first conv to the head.
 BODY_OPS = ("Conv", "Sigmoid", "Mul", "Add", "Concat", "Split", "MaxPool", "Resize")
 TARGET_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"activation": "uint8", "symmetric_activations": False, "op_types": BODY_OPS},
-    "tensorrt": {"activation": "int8", "symmetric_activations": True, "op_types": ("Conv",)},
+    "cpu": {"activation": "uint8", "symmetric_activations": False, "op_types": BODY_OPS, "no_output_q": ()},
+    # TensorRT's Q/DQ placement guide: quantize the inputs of weighted ops, not their outputs, so the conv's
+    # output stays high precision for the SiLU it fuses (the next conv's input Q requantizes it).
+    "tensorrt": {"activation": "int8", "symmetric_activations": True, "op_types": ("Conv",),
+                 "no_output_q": ("Conv",)},
 }
 # Emitter names: head final convs `model_22/cv{2,3,4}_{lvl}_2/Conv`; their reshapes `model_22/cv{2,3,4}_{lvl}/...`;
 # DFL, decode, score sigmoid, angle, the branch concats, NMS and the output concat.
@@ -156,7 +160,8 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     act_type = QuantType.QUInt8 if preset["activation"] == "uint8" else QuantType.QInt8
     reader = _Reader(inp.name, imgs, batch)
     extra = {"ActivationSymmetric": preset["symmetric_activations"], "WeightSymmetric": True,
-             "CalibMovingAverage": method == "minmax", "CalibTensorRangeSymmetric": False}
+             "CalibMovingAverage": method == "minmax", "CalibTensorRangeSymmetric": False,
+             "OpTypesToExcludeOutputQuantization": list(preset["no_output_q"])}
     if method != "minmax":
         extra["CalibStridedMinMax"] = _chunk(len(reader))  # bounds the calibrator's memory (see _HIST_CHUNK)
     with tempfile.TemporaryDirectory(prefix="yolojax-int8-") as work:

@@ -1,11 +1,12 @@
-"""Export backends and tools: TensorRT (missing-library message), TensorFlow SavedModel, INT8 QDQ, benchmark, CLI."""
+"""Export backends and tools: TensorRT (missing-library message), TensorFlow SavedModel, benchmark, CLI.
+(INT8: tests/test_export_int8.py.)"""
 import json
 
 import numpy as np
 import onnx
 import pytest
 
-from export.check import ort_session, reference_outputs
+from export.check import reference_outputs
 from export.images import CalibrationDataError, image_files, letterbox, load_images
 from export.onnx_emit import export_onnx, read_metadata
 from export.testing import random_variables, uniform_prune
@@ -100,52 +101,6 @@ def test_letterbox_and_image_sources(tmp_path, coco):
     (bad / "b.jpg").write_bytes((coco / sorted(p.name for p in coco.iterdir())[0]).read_bytes())
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         assert load_images(bad, 64).shape == (1, 64, 64, 3)
-
-
-# -- INT8 ---------------------------------------------------------------------------------------------------
-def test_int8_qdq(tmp_path, det, coco):
-    from export.int8 import float_tail_nodes, quantize_int8
-    f32 = export_onnx(det, tmp_path / "f32.onnx", imgsz=IMGSZ, dynamic=True)
-    x = load_images(coco, IMGSZ, n=4, seed=5)
-    rep = quantize_int8(f32, tmp_path / "int8.onnx", det, calib_data=coco, calib_images=16, method="minmax",
-                        check_images=x)
-    assert rep["passed"] and rep["checker"] and not rep["unsupported_ops"] and rep["calib_images"] == 16
-    q = onnx.load(str(tmp_path / "int8.onnx"))
-    ops = {n.op_type for n in q.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # head final convs (3 levels x box/class) and DFL/decode stay float; every other conv is int8
-    n_convs = sum(n.op_type == "Conv" for n in onnx.load(str(f32)).graph.node)
-    assert rep["float_convs"] == 6 and rep["quantized_convs"] == n_convs - 6
-    tail = set(float_tail_nodes(onnx.load(str(f32))))
-    assert {"model_22/cv2_0_2/Conv", "model_22/cv3_2_2/Conv", "model_22/dfl/Softmax"} <= tail
-    # per-channel symmetric int8 weights
-    inits = {t.name: t for t in q.graph.initializer}
-    wq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-          and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims) == 4]
-    assert wq and all(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 for n in wq[:5])
-    assert read_metadata(q)["int8"] == "True" and read_metadata(q)["calib_method"] == "minmax"
-    # close to float on real images (random O(1) weights: 8-bit noise only), far from bit-exact
-    v = rep["vs_float"]
-    assert v["score_mae"] < 0.02 and v["box_max_rel"] < 0.05 and v["score_mae"] > 1e-6
-    assert rep["vs_jax"]["score_mae"] == pytest.approx(v["score_mae"], abs=1e-5)
-    assert rep["size_mb"] < rep["float_size_mb"]
-    y = ort_session(tmp_path / "int8.onnx").run(None, {"images": x[:3].transpose(0, 3, 1, 2)})[0]
-    assert y.shape == (3, 8, 84)  # dynamic batch survives quantization
-    with pytest.raises(CalibrationDataError, match="no images found"):
-        (tmp_path / "none").mkdir()
-        quantize_int8(f32, tmp_path / "x.onnx", calib_data=tmp_path / "none")
-    with pytest.raises(ValueError, match="calibration method"):
-        quantize_int8(f32, tmp_path / "x.onnx", calib_data=coco, method="kl")
-
-
-def test_cli_int8(tmp_path, ckpt, coco, capsys):
-    out = tmp_path / "q.onnx"
-    rc = main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "--calib-data", str(coco), "--calib-images",
-               "8", "--calib-method", "entropy", "-o", str(out)])
-    text = capsys.readouterr().out
-    assert rc == 0 and out.exists() and "INT8 QDQ" in text and "entropy calibration on 8 images" in text
-    assert main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "-o", str(out)]) == 2
-    assert "--calib-data" in capsys.readouterr().err
 
 
 # -- benchmark ------------------------------------------------------------------------------------------------
