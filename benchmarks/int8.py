@@ -43,6 +43,31 @@ def _top_processes(n: int = 6) -> list[str]:
     return [ln.strip()[:140] for ln in out[1:] if ln.split()[0] != me][:n]
 
 
+TRT_LABEL = "int8-tensorrt (s8 Q/DQ on convs)"
+S8_LABEL = "int8-cpu every op, s8 activations"
+
+
+def int8_allowed_candidate(path: Path, size: int, name: str):
+    """A graph with int8 activations under ORT's `session.qdqisint8allowed=1`: its QDQ units are then fused
+    into S8S8 integer kernels (off by default on x86), to show that int8 activations are slow here even fused."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from export.benchmark import Candidate
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = os.cpu_count() or 1, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.qdqisint8allowed", "1")
+    so.log_severity_level = 3
+    opt = path.with_name(path.stem + "_int8allowed_opt.onnx")
+    so.optimized_model_filepath = str(opt)  # what ORT runs: counted below
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    fused = sum(n.op_type == "QLinearConv" for n in onnx.load(str(opt)).graph.node)
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)}
+    return Candidate(name, lambda: sess.run(None, feed), {"backend": "onnxruntime", "ort_int8_convs": fused,
+                                                             "size_mb": round(path.stat().st_size / 1e6, 3)})
+
+
 def evaluate(onnx_path: Path, spec, data: str, imgsz: int, workers: int) -> dict:
     from yolojax.data import load_dataset
     from yolojax.data.loader import Loader
@@ -98,8 +123,9 @@ def main(argv=None) -> int:
     files: dict[tuple[str, int], Path] = {}
     quant: dict[str, dict] = {}
     variants_640 = {  # name -> quantize_int8 options (the investigation, at the deployment size only)
-        "int8-tensorrt (s8 Q/DQ on convs)": dict(target="tensorrt"),
+        TRT_LABEL: dict(target="tensorrt"),
         "int8-cpu convs only (u8 Q/DQ)": dict(target="cpu", op_types=("Conv",)),
+        S8_LABEL: dict(target="cpu", activations="int8"),
         "int8-cpu qoperator": dict(target="cpu", quant_format="qoperator"),
     }
     for size in sorted({args.imgsz, own}, reverse=True):
@@ -112,7 +138,7 @@ def main(argv=None) -> int:
             if name == "yolov8n" and size == own:
                 jobs.update({f"{name} int8 (entropy)": dict(method="entropy"),
                              f"{name} int8 (percentile)": dict(method="percentile"),
-                             f"{name} int8-tensorrt (s8 Q/DQ on convs)": dict(target="tensorrt")})
+                             f"{name} {TRT_LABEL}": dict(target="tensorrt")})
             for label, kw in jobs.items():
                 out = work / f"{label.replace(' ', '_').replace('(', '').replace(')', '').replace('/', '')}_{size}.onnx"
                 t = time.time()
@@ -129,6 +155,9 @@ def main(argv=None) -> int:
     for size in sorted({args.imgsz, own}, reverse=True):
         names = [k for (k, s) in files if s == size]
         cands = [onnx_candidate(str(files[(k, size)]), size, 1, False, name=k) for k in names]
+        s8 = f"yolov8n {S8_LABEL}"
+        if (s8, size) in files:
+            cands.append(int8_allowed_candidate(files[(s8, size)], size, f"{s8}, qdqisint8allowed=1"))
         print(f"timing {len(cands)} graphs at {size} px, {args.runs} interleaved rounds", flush=True)
         load[f"start_{size}"] = _load()
         time_candidates(cands, runs=args.runs, warmup=args.warmup)
@@ -197,11 +226,16 @@ def render(r: dict) -> str:
     def row(name, res, size):
         qq = q.get(f"{name} @{size}")
         fused = f"{qq['ort_int8_convs']} / {qq['quantized_convs']}" if qq else "(float)"
+        if "ort_int8_convs" in res:
+            fused = f"{res['ort_int8_convs']} (S8S8)"
         return (f"| {name} | {res['p50_ms']:.1f} | {res['p90_ms']:.1f} | {res['min_ms']:.1f} | "
                 f"{res['ratio_vs_fp32']:.3f} | {res['ratio_vs_unpruned_fp32']:.3f} | {res.get('size_mb', 0):.2f} | "
                 f"{fused} |")
 
     lines += [row(k, v, big) for k, v in main.items()]
+    lines += ["", f"`{S8_LABEL}`: the `cpu` graph with int8 (symmetric) instead of uint8 activations; "
+              "`qdqisint8allowed=1`: the same graph with ORT's session option that fuses int8-activation Q/DQ "
+              "units on x86 too (off by default), i.e. S8S8 integer kernels."]
     lines += ["", f"## Latency, {own} px (the model's training size)", "",
               "| graph | p50 ms | p90 ms | min ms | x its FP32 | x unpruned FP32 | MB | int8 convs ORT runs as QLinearConv |",
               "|---|---|---|---|---|---|---|---|"]
@@ -228,8 +262,8 @@ def render(r: dict) -> str:
               "`DequantizeLinear -> op -> QuantizeLinear` unit into an integer kernel. Two things stopped it:",
               "",
               "1. **int8 activations.** On x86, ORT does not fuse Q/DQ units with int8 (signed) activations: its "
-              "integer GEMM is built for uint8 x int8 (VNNI `vpdpbusd`), and S8S8 convolutions are slower (forcing "
-              "the fusion with `session.qdqisint8allowed=1` made it ~3x *slower* than FP32 in a side test). So the "
+              "integer GEMM is built for uint8 x int8 (VNNI `vpdpbusd`), and S8S8 kernels are slower (the `s8 "
+              "activations` rows: unfused by default, and slower still when the fusion is forced). So the "
               "symmetric int8 graph (what TensorRT wants) runs as float convolutions wrapped in extra "
               "Quantize/Dequantize nodes: every weight is dequantized, every activation quantized and "
               "dequantized again, on top of the float work (see `int8-tensorrt` above: 0 QLinearConv).",

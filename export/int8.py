@@ -98,7 +98,8 @@ def _chunk(n: int, most: int = _HIST_CHUNK) -> int:
 def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
                   calib_data: str | Path | np.ndarray, calib_images: int = 256, method: str = "minmax",
                   target: str = "cpu", quant_format: str = "qdq", keep_head_float: bool = True,
-                  op_types: Sequence[str] | None = None, per_channel: bool = True, reduce_range: bool = False,
+                  op_types: Sequence[str] | None = None, activations: str | None = None,
+                  per_channel: bool = True, reduce_range: bool = False,
                   check_images: np.ndarray | None = None, seed: int = 0) -> dict:
     """Quantize an exported float32 ONNX graph to INT8 and check it.
 
@@ -107,7 +108,8 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     Runtime) or 'tensorrt' (symmetric int8, Q/DQ on convs only); see the module docstring. quant_format:
     'qdq' (QuantizeLinear/DequantizeLinear around float ops; ORT fuses them) or 'qoperator' (QLinearConv etc.
     written out; cpu target only). op_types: override the target's quantized op types. keep_head_float: leave
-    the head's final 1x1 convs float (DFL/decode/NMS are always float). reduce_range: 7-bit weights, for
+    the head's final 1x1 convs float (DFL/decode/NMS are always float). activations: override the target's
+    activation type, 'uint8' (asymmetric) or 'int8' (symmetric), for experiments. reduce_range: 7-bit weights, for
     x86 CPUs without VNNI where U8S8 products can saturate.
 
     Returns {'path', 'calib_images', 'method', 'target', 'format', 'activation_type', 'op_types',
@@ -132,7 +134,11 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         raise ValueError(f"quant_format must be one of {QUANT_FORMATS}, got {quant_format!r}")
     if target == "tensorrt" and quant_format != "qdq":
         raise ValueError("TensorRT reads Q/DQ graphs only: use quant_format='qdq' with target='tensorrt'")
-    preset = TARGET_PRESETS[target]
+    preset = dict(TARGET_PRESETS[target])
+    if activations is not None:
+        if activations not in ("uint8", "int8"):
+            raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
+        preset.update(activation=activations, symmetric_activations=activations == "int8")
     ops = tuple(op_types) if op_types is not None else preset["op_types"]
     float_onnx, out = Path(float_onnx), Path(out)
     if not float_onnx.is_file():
@@ -201,21 +207,26 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     report["ort_int8_convs"] = report["ort_ops"].get("com.microsoft::QLinearConv", 0) + report["ort_ops"].get(
         "QLinearConv", 0)
 
-    x = check_images if check_images is not None else imgs[: max(batch, min(4, len(imgs)))]
-    if dims[0] > 0:
-        x = x[:batch]
+    x = check_images if check_images is not None else imgs[:max(batch, 4)]
+    x = x[:len(x) - len(x) % batch]  # a fixed-batch graph runs the images in slices of its batch
+    if len(x) == 0:
+        raise CalibrationDataError(f"need at least {batch} check image(s) for this fixed-batch graph")
     xi = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
     nc = json.loads(meta["spec"])["nc"] if "spec" in meta else None
+
+    def run(model, names):
+        sess = ort_session(model)
+        outs = [sess.run(names, {inp.name: xi[i:i + batch]}) for i in range(0, len(xi), batch)]
+        return [np.concatenate(o) for o in zip(*outs)]
+
     if meta.get("nms", "none") != "none":
         from .check import _with_outputs
         from .onnx_emit import BOXES_TENSOR, SCORES_TENSOR
         names = [BOXES_TENSOR, SCORES_TENSOR]
-        fq = [ort_session(_with_outputs(m, names).SerializeToString()).run(names, {inp.name: xi})
-              for m in (proto, q)]
-        got_f, got_q = ({"boxes": b, "scores": s} for b, s in fq)
+        got_f, got_q = ({"boxes": b, "scores": s} for b, s in
+                        (run(_with_outputs(m, names).SerializeToString(), names) for m in (proto, q)))
     else:
-        yf = ort_session(str(float_onnx)).run(["output0"], {inp.name: xi})[0]
-        yq = ort_session(str(out)).run(["output0"], {inp.name: xi})[0]
+        (yf,), (yq,) = run(str(float_onnx), ["output0"]), run(str(out), ["output0"])
         got_f = {"boxes": yf[:, :4], "scores": yf[:, 4:4 + nc] if nc else yf[:, 4:]}
         got_q = {"boxes": yq[:, :4], "scores": yq[:, 4:4 + nc] if nc else yq[:, 4:]}
     report["vs_float"] = _errors(got_q, got_f)
