@@ -333,3 +333,25 @@ def test_val_onnx_errors(det, work, tiny_data):
     assert d.meta["imgsz"] == IMGSZ and d.spec == det.spec
     with pytest.raises(ValueError, match="takes 64x64 images"):
         predict(None, np.zeros((1, 96, 96, 3), np.uint8))
+
+
+def test_onnx_predict_obb_matches_jax(tmp_path):
+    """The ONNX validation path of an OBB graph (angle row after the scores) gives the JAX predict's rotated
+    detections."""
+    import jax
+    from yolojax.model.spec import yolov8_spec
+    from yolojax.report import onnx_predict
+    from yolojax.train.step import make_predict
+    spec = yolov8_spec("tiny", 3, task="obb")
+    det = Detector(spec, random_variables(spec, seed=2))
+    path = export_onnx(det, tmp_path / "obb.onnx", imgsz=IMGSZ, dynamic=True)
+    x = (np.random.default_rng(0).random((2, IMGSZ, IMGSZ, 3)) * 255).astype(np.uint8)
+    got = jax.device_get(onnx_predict(path, spec, conf=0.25)(None, x))
+    ref = jax.device_get(jax.jit(make_predict(spec, conf=0.25))(det.variables, x))
+    assert got["boxes"].shape == ref["boxes"].shape == (2, 300, 5)
+    np.testing.assert_array_equal(got["valid"], ref["valid"])
+    v = ref["valid"]
+    assert v.sum() > 10
+    np.testing.assert_array_equal(got["classes"][v], ref["classes"][v])
+    np.testing.assert_allclose(got["scores"][v], ref["scores"][v], atol=1e-4)
+    np.testing.assert_allclose(got["boxes"][v], ref["boxes"][v], atol=2e-3)
