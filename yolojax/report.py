@@ -73,9 +73,8 @@ def onnx_detector(onnx_path: str | Path, *, conf: float = 0.001, iou: float = 0.
 
 
 def _evaluate(det, val, imgsz: int, predict=None, workers: int = 4) -> dict:
-    from .data.loader import Loader
-    from .train.validate import run_validation
-    loader = Loader(val, 8, imgsz, augment=False, workers=workers, max_boxes=8)
+    from .train.validate import run_validation, val_loader
+    loader = val_loader(val, 8, imgsz, workers)
     try:
         metrics, _ = run_validation(det.spec, det.variables, loader, predict=predict, progress=False)
     finally:

@@ -117,9 +117,8 @@ def cmd_train(args) -> int:
 def cmd_val(args) -> int:
     from ..api import load
     from ..data import load_dataset
-    from ..data.loader import Loader
     from ..eval.metrics import format_results, plot_pr_curve
-    from .validate import run_validation
+    from .validate import run_validation, val_loader
     predict = None
     if str(args.model).endswith(".onnx"):  # an exported (e.g. INT8) graph, run in ONNX Runtime
         from ..report import onnx_detector
@@ -129,7 +128,7 @@ def cmd_val(args) -> int:
     data = args.data or default_data()
     ds = load_dataset(data, args.split, args.format)
     imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
-    loader = Loader(ds, args.batch, imgsz, augment=False, workers=args.workers, max_boxes=8)
+    loader = val_loader(ds, args.batch, imgsz, args.workers)
     obb = det.spec.task == "obb"
     if args.save_dota and not obb:
         raise SystemExit("--save-dota writes oriented boxes: it needs an OBB model")

@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .distributed import data_mesh, device_batch, is_primary, shardings
 from .optim import build_optimizer, ema_decay_fn
 from .step import TrainState, create_state, make_predict, make_train_step
-from .validate import run_validation
+from .validate import run_validation, val_loader
 
 log = logging.getLogger("yolojax.train")
 TRAIN_STATE_DIR, TRAINER_FILE = "train_state", "trainer.json"
@@ -133,8 +133,7 @@ class Trainer:
         self.val_loader = None
         if self.val_data is not None and is_primary():
             vb = max(1, min(cfg.batch, 16))
-            self.val_loader = Loader(self.val_data, vb, cfg.imgsz, augment=False, workers=cfg.workers,
-                                     max_boxes=8)
+            self.val_loader = val_loader(self.val_data, vb, cfg.imgsz, cfg.workers)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.train_data.root}: no full batch of {cfg.batch} images")

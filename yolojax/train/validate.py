@@ -14,6 +14,14 @@ from ..model.spec import Spec
 from .step import make_predict
 
 
+def val_loader(dataset, batch: int, imgsz: int, workers: int = 4):
+    """Letterbox-only loader for validation. Metrics read ground truth from the records, so the padded box rows
+    only need to hold every image's boxes (no cut, no warning)."""
+    from ..data.loader import Loader
+    m = max((len(r.boxes) for r in dataset.records), default=1)
+    return Loader(dataset, batch, imgsz, augment=False, workers=workers, max_boxes=max(8, -(-m // 8) * 8))
+
+
 def run_validation(spec: Spec, variables: dict, loader, *, conf: float = 0.001, iou: float = 0.7,
                    max_det: int = 300, predict: Callable | None = None, progress: bool = True,
                    collect: bool = False, desc: str = "val") -> tuple[dict, list]:
