@@ -38,6 +38,9 @@ def run_export(args) -> int:
     if args.int8 and args.half:
         print("error: choose --int8 or --half", file=sys.stderr)
         return 2
+    if args.int8 and args.int8_target == "tensorrt" and args.int8_format != "qdq":
+        print("error: TensorRT reads Q/DQ graphs only: --int8-target tensorrt needs --int8-format qdq", file=sys.stderr)
+        return 2
     if args.int8 and not args.calib_data:
         print("error: --int8 needs --calib-data (images the model will see, e.g. the val split)", file=sys.stderr)
         return 2

@@ -143,6 +143,17 @@ def test_kept_float_head_is_float(cpu_q):
     assert "model_22/dfl/Softmax" in tail and not set(HEAD_CONVS) & set(tail)
 
 
+def test_quantized_head_option(f32, work, coco):
+    rep = quantize_int8(f32, work / "head.onnx", calib_data=coco, calib_images=8, keep_head_float=False)
+    q = onnx.load(rep["path"])
+    assert rep["float_convs"] == 0 and rep["quantized_convs"] == rep["ort_int8_convs"] == 63
+    prod = _producers(q)
+    for n in q.graph.node:
+        if n.name.startswith(("model_22/dfl/", "model_22/decode/", "model_22/scores")):
+            assert all(prod[i].op_type not in ("QuantizeLinear", "DequantizeLinear") for i in n.input if i in prod)
+    assert rep["passed"] and rep["vs_float"]["score_mae"] <= SCORE_MAE
+
+
 def test_cpu_int8_close_to_fp32_on_real_images(cpu_q, f32, check_x, det):
     rep, _ = cpu_q
     v = rep["vs_float"]
@@ -274,6 +285,9 @@ def test_cli_export_int8(det, work, coco, capsys):
     assert rc == 0 and read_metadata(work / "cli_trt.onnx")["int8_target"] == "tensorrt"
     assert main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "-o", str(out)]) == 2
     assert "--calib-data" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "--int8-target", "tensorrt", "--int8-format",
+                 "qoperator", "--calib-data", str(coco), "-o", str(work / "never.onnx")]) == 2
+    assert "Q/DQ graphs only" in capsys.readouterr().err and not (work / "never.onnx").exists()
     # yolojax benchmark takes the .onnx files as they are and says which is INT8
     capsys.readouterr()
     assert main(["benchmark", str(work / "cli_fp32.onnx"), str(out), "--imgsz", str(IMGSZ), "--runs", "3",
