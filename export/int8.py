@@ -6,12 +6,13 @@ Two targets, because the runtimes disagree on what an INT8 graph must look like:
   weights (U8S8), and Q/DQ on every op of the body (Conv, Sigmoid, Mul, Add, Concat, Split, MaxPool, Resize).
   ONNX Runtime then runs the body as QLinearConv -> QLinearSigmoid -> QLinearMul (SiLU) with QLinearAdd and
   QLinearConcat, and MaxPool / Resize / Split directly on uint8: tensors stay 8-bit from the first conv to the
-  head. Measured on this 2-core AMD EPYC (AVX512-VNNI), yolov8n 640: ~0.35x the float32 latency.
+  head. Measured on this 2-core AMD EPYC (AVX512-VNNI), yolov8n 640: ~0.4x the float32 latency
+  (benchmarks/results/int8.md).
 * `tensorrt`: int8 symmetric activations and weights (zero point 0, the only kind TensorRT's explicit
   quantization reads), Q/DQ on the inputs of convolutions only (TensorRT's recommended placement: it fuses
   Conv+SiLU itself and requantizes at the next conv's input).
   ONNX Runtime's x86 CPU provider does not fuse int8-activation QDQ (its S8S8 kernels are slower than U8S8),
-  so there this graph runs as float convs wrapped in fake quantization: slower than float32 (~1.2x here).
+  so there this graph runs as float convs wrapped in fake quantization: slower than float32 (~1.3x here).
 
 Why the first INT8 export was slow (conv-only Q/DQ, int8 activations): neither condition for ONNX Runtime's
 QDQ fusion held. With int8 activations no DQ->Conv->Q unit is fused on x86; with conv-only Q/DQ the conv
