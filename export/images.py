@@ -49,8 +49,9 @@ def image_files(source: str | Path) -> list[Path]:
     elif src.suffix.lower() in (".yaml", ".yml"):
         import yaml
         cfg = yaml.safe_load(src.read_text()) or {}
-        root = Path(cfg.get("path", src.parent))
-        root = root if root.is_absolute() else src.parent / root
+        # `path` is relative to the YAML's folder (as Ultralytics resolves it); without one, the folder itself
+        root = Path(cfg["path"]) if cfg.get("path") else src.parent
+        root = root if root.is_absolute() or not cfg.get("path") else src.parent / root
         split = cfg.get("val") or cfg.get("train")
         if not split:
             raise CalibrationDataError(f"{src}: dataset YAML has neither `val` nor `train`")
