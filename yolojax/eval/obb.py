@@ -40,10 +40,12 @@ def _check_iou_type(iou_type: str, allowed=IOU_TYPES) -> None:
         raise ValueError(f"iou_type must be one of {allowed}, got {iou_type!r}")
 
 
-def _greedy(iou_row: Callable, k: int, classes, alive, *, iou_thres, max_det, agnostic):
-    """Greedy NMS of one image over K candidates sorted by score; iou_row(i) -> [K] overlaps of candidate i.
+POLYGON_CHUNK = 64  # candidates clipped per inner step of the polygon NMS
 
-    Returns (keep [max_det] int32 indices, n_kept int32)."""
+
+def _greedy(suppress_row: Callable, k: int, alive, *, max_det):
+    """Greedy NMS of one image over K candidates sorted by score; suppress_row(i, alive) -> [K] bool, the live
+    candidates that kept candidate i removes. Returns (keep [max_det] int32 indices, n_kept int32)."""
 
     def cond(state):
         alive, _, n = state
@@ -52,15 +54,35 @@ def _greedy(iou_row: Callable, k: int, classes, alive, *, iou_thres, max_det, ag
     def body(state):
         alive, keep, n = state
         i = jnp.argmax(alive)  # first live candidate = highest remaining score
-        suppress = iou_row(i) > iou_thres
-        if not agnostic:
-            suppress &= classes == classes[i]
-        alive = alive & ~suppress & (jnp.arange(k) != i)
+        alive = alive & ~suppress_row(i, alive) & (jnp.arange(k) != i)
         return alive, keep.at[n].set(i.astype(jnp.int32)), n + 1
 
     keep0 = jnp.zeros((max_det,), jnp.int32)
     _, keep, n = lax.while_loop(cond, body, (alive, keep0, jnp.int32(0)))
     return keep, n
+
+
+def _polygon_suppressor(boxes, same: Callable, iou_thres: float) -> Callable:
+    """suppress_row for exact polygon IoU: only the live candidates whose bounding circles meet box i's are
+    clipped, POLYGON_CHUNK at a time (clipping all K candidates for every kept box costs seconds per image)."""
+    k = boxes.shape[0]
+    corners = rbox_corners(boxes)
+    ctr, radius = boxes[:, :2], jnp.hypot(boxes[:, 2], boxes[:, 3]) / 2
+
+    def row(i, alive):
+        near = alive & same(i) & (((ctr - ctr[i]) ** 2).sum(-1) < (radius + radius[i]) ** 2)
+
+        def chunk(state):
+            near, sup = state
+            idx = jnp.nonzero(near, size=POLYGON_CHUNK, fill_value=k)[0]  # k: past the end, dropped below
+            iou = polygon_iou_elementwise(corners[i], jnp.take(corners, idx, axis=0, mode="clip"), capacity=8)
+            sup = sup.at[idx].set(iou > iou_thres, mode="drop")
+            return near.at[idx].set(False, mode="drop"), sup
+
+        _, sup = lax.while_loop(lambda s: jnp.any(s[0]), chunk, (near, jnp.zeros(k, bool)))
+        return sup
+
+    return row
 
 
 @functools.partial(jax.jit, static_argnames=("conf", "iou", "max_det", "multi_label", "max_candidates",
@@ -94,12 +116,12 @@ def rotated_nms(rboxes, scores, *, conf: float = 0.001, iou: float = 0.7, max_de
     cls = cls.astype(jnp.int32)
 
     def one(boxes, classes, alive):
+        same = (lambda i: True) if agnostic else (lambda i: classes == classes[i])  # noqa: E731
         if iou_type == "polygon":
-            corners = rbox_corners(boxes)
-            row = lambda i: polygon_iou_elementwise(corners[i], corners, capacity=8)  # noqa: E731
+            row = _polygon_suppressor(boxes, same, iou)
         else:
-            row = lambda i: probiou(boxes[i], boxes)  # noqa: E731
-        return _greedy(row, k, classes, alive, iou_thres=iou, max_det=max_det, agnostic=agnostic)
+            row = lambda i, alive: (probiou(boxes[i], boxes) > iou) & same(i)  # noqa: E731
+        return _greedy(row, k, alive, max_det=max_det)
 
     keep, n = jax.vmap(one)(cand, cls, top_s > conf)
     valid = jnp.arange(max_det)[None, :] < n[:, None]
