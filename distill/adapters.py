@@ -47,12 +47,13 @@ def init_adapters(rng: jax.Array | int, student_widths: Mapping[str, int], teach
 
 
 def fit_adapters(student_feats: Mapping[str, jax.Array], teacher_feats: Mapping[str, jax.Array],
-                 scales: tuple[str, ...] = SCALES, bias: bool = True, ridge: float = 1e-3) -> dict:
+                 scales: tuple[str, ...] = SCALES, bias: bool = True, ridge: float = 0.1) -> dict:
     """Adapters initialised by ridge regression of teacher features on student features [B,H,W,C].
 
     A pruned student's channels are (up to the folded constants) a subset of the teacher's, so the fit
     starts the adapters close to the channel selection, and the distillation loss starts out measuring
-    what the student lost rather than a random projection.
+    what the student lost rather than a random projection. ridge: relative to the mean diagonal of X^T X
+    (0.1 generalised best from 16 images on our batches).
     """
     out = {}
     for k in scales:

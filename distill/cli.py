@@ -110,8 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weights", type=_floats, default=None, help="per-scale weights P3,P4,P5 (default 2,1,1)")
     g.add_argument("--loss-weight", dest="loss_weight", type=float, default=None,
                    help="multiplies the whole distillation loss (default 1)")
-    g.add_argument("--cwd-weight", dest="cwd_weight", type=float, default=None, help="CWD weight (default 10)")
-    g.add_argument("--sad-weight", dest="sad_weight", type=float, default=None, help="attention weight (default 2000)")
+    g.add_argument("--cwd-weight", dest="cwd_weight", type=float, default=None, help="CWD weight (default 5)")
+    g.add_argument("--sad-weight", dest="sad_weight", type=float, default=None, help="attention weight (default 500)")
     g.add_argument("--cls-weight", dest="cls_weight", type=float, default=None, help="class-score KD (default 1)")
     g.add_argument("--dfl-weight", dest="dfl_weight", type=float, default=None, help="DFL KD (default 1)")
     g.add_argument("--angle-weight", dest="angle_weight", type=float, default=None, help="obb angle KD (default 1)")
