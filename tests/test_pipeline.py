@@ -17,7 +17,7 @@ def test_compress_end_to_end(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "yolojax.cli", "compress", "--data", str(data), "--model", "tiny", "-o", str(run),
            "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--epochs-teacher", "1",
-           "--epochs-sparse", "1", "--epochs-finetune", "1", "--prune-ratio", "0.5", "--bench-runs", "2",
+           "--epochs-sparse", "1", "--epochs-finetune", "1", "--bench-runs", "2",
            "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]

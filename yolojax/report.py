@@ -179,13 +179,20 @@ STAGE_TITLES = {"baseline": "baseline (teacher)", "sparse": "sparsity-trained", 
                 "finetuned": "pruned + fine-tuned (KD)", "onnx": "exported ONNX (ORT)"}
 
 
+def _pruning_words(cfg: Mapping) -> str:
+    if cfg.get("prune_ratio"):
+        return f"`{cfg.get('policy')}` policy, {cfg['prune_ratio']:.0%} of channels"
+    if cfg.get("target_flops"):
+        return f"`{cfg.get('policy')}` policy searched for <= {cfg['target_flops']} GFLOPs"
+    return f"`{cfg.get('policy')}` policy searched for <= {cfg.get('flops_ratio', 0):.0%} of the baseline's GFLOPs"
+
+
 def write_markdown(report: Mapping, path: Path) -> Path:
     st = report["stages"]
     cfg = report.get("config", {})
     lines = [f"# Compression report", "",
              f"Data: {cfg.get('data') or 'built-in synthetic aerial set'}; model {cfg.get('model')}; "
-             f"{report['imgsz']} px; distillation `{cfg.get('distill')}`; pruning `{cfg.get('policy')}` "
-             f"ratio {cfg.get('prune_ratio')}; wall time {report.get('wall_time_s', 0):.0f} s "
+             f"{report['imgsz']} px; distillation `{cfg.get('distill')}`; pruning: {_pruning_words(cfg)}; wall time {report.get('wall_time_s', 0):.0f} s "
              f"(stages: {', '.join(f'{k} {v:.0f}s' for k, v in report['stage_time_s'].items())}).",
              f"Machine: {(report.get('machine') or {}).get('cpu', '?')}, {report.get('cpu_count')} cores. "
              f"Latency: median of interleaved runs, batch 1, {report['imgsz']} px.", "",
