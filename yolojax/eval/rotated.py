@@ -89,11 +89,11 @@ def polygon_area(poly, valid=None):
     xp = _xp(poly)
     if valid is not None:
         poly = xp.where(valid[..., None], poly, poly[..., :1, :])
-    nxt = xp.roll(poly, -1, axis=-2)
-    return xp.abs((poly[..., 0] * nxt[..., 1] - nxt[..., 0] * poly[..., 1]).sum(-1)) / 2
+    return xp.abs(_signed_area(poly))
 
 
 def _signed_area(poly):
+    """Shoelace area, positive when the vertices turn counter-clockwise in x-right/y-up axes."""
     nxt = _xp(poly).roll(poly, -1, axis=-2)
     return (poly[..., 0] * nxt[..., 1] - nxt[..., 0] * poly[..., 1]).sum(-1) / 2
 

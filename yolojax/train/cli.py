@@ -163,6 +163,7 @@ def cmd_predict(args) -> int:
     import numpy as np
     from ..api import load
     from ..data.imageio import is_image
+    from ..data.tiling import predict_tiled
     from ..eval.boxes import scale_boxes
     from ..eval.obb import scale_rboxes
     from ..eval.rotated import rbox_corners
@@ -187,7 +188,6 @@ def cmd_predict(args) -> int:
             print(f"{f}: unreadable image, skipped", file=sys.stderr)
             continue
         if args.tile:
-            from ..data.tiling import predict_tiled
             boxes, scores, classes = predict_tiled(predict, det.variables, img, imgsz=imgsz, tile=args.tile,
                                                    overlap=args.tile_overlap, max_det=args.max_det)
         else:
