@@ -282,8 +282,8 @@ def test_extra_loss_items_total_and_gradients(pair):
         preds, feats = YOLOv8(s_spec).apply({"params": params, "batch_stats": s_vars["batch_stats"]}, images)
         return fn(aux, preds, feats, images, {}, teacher)
 
-    (loss, items), (g_aux, g_params, g_teacher) = jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True)(
-        aux, s_vars["params"], t_vars)
+    (loss, items), (g_aux, g_params, g_teacher) = jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2),
+                                                                             has_aux=True))(aux, s_vars["params"], t_vars)
     assert set(items) == {"distill_cwd", "distill_sad", "distill_cls", "distill_dfl", "distill"}
     parts = sum(float(items[k]) for k in items if k != "distill")
     assert float(items["distill"]) == pytest.approx(parts, rel=1e-6)
@@ -294,8 +294,8 @@ def test_extra_loss_items_total_and_gradients(pair):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_teacher)) == 0.0
     # the global weight scales every term
     fn2 = make_distill_loss(t_spec, s_spec, DistillConfig(method="cwd+sad+logit", loss_weight=1.0))
-    preds, feats = YOLOv8(s_spec).apply(s_vars, images)
-    _, items2 = fn2(aux, preds, feats, images, {}, t_vars)
+    preds, feats = jax.jit(YOLOv8(s_spec).apply)(s_vars, images)
+    _, items2 = jax.jit(fn2)(aux, preds, feats, images, {}, t_vars)
     assert float(items2["distill_cwd"]) == pytest.approx(2 * float(items["distill_cwd"]), rel=1e-5)
 
 
@@ -305,8 +305,8 @@ def test_self_distillation_is_zero(pair):
     t_spec, t_vars, _, _ = pair
     images = jnp.asarray(RNG.uniform(0, 1, (2, 64, 64, 3)), jnp.float32)
     fn = make_distill_loss(t_spec, t_spec, DistillConfig(method="cwd+sad+logit"))
-    preds, feats = YOLOv8(t_spec).apply(t_vars, images)
-    _, items = fn({}, preds, feats, images, {}, t_vars)
+    preds, feats = jax.jit(YOLOv8(t_spec).apply)(t_vars, images)
+    _, items = jax.jit(fn)({}, preds, feats, images, {}, t_vars)
     for k, v in items.items():
         assert float(v) == pytest.approx(0.0, abs=1e-5), k
 
