@@ -375,6 +375,11 @@ def test_cli_prune_ratio_sad_and_bad_arguments(tmp_path, synth):
     info = json.loads((out / "distill.json").read_text())
     assert info["config"]["scale_weights"] == [1.0, 1.0, 1.0] and info["config"]["sad_weight"] == 100.0
     assert info["student"]["params"] < info["teacher"]["params"]
+    assert info["data"] == str(synth)
+    before = (out / "results.csv").read_text()
+    # --resume rebuilds the run from distill.json + last/ (config, method, adapters); a finished run stays as is
+    assert main(["distill", "--teacher", str(tmp_path / "teacher"), "-o", str(out), "--resume", "--no-progress"]) == 0
+    assert (out / "results.csv").read_text() == before
     with pytest.raises(SystemExit, match="--student or --prune-ratio|--student CHECKPOINT"):
         main(["distill", *common, "-o", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
