@@ -43,6 +43,11 @@ def register(subparsers) -> None:
     s.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val (default 0.2)")
     s.set_defaults(func=run_synth)
 
+    from yolojax.data import tiling
+    t = sub.add_parser("tile", help="split large images (DOTA) into overlapping tiles, written as a YOLO dataset")
+    tiling.add_arguments(t)
+    t.set_defaults(func=tiling.run)
+
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
