@@ -138,7 +138,8 @@ def markdown(result: dict) -> str:
         s = result["students"][str(r)]
         p = s["pruned"]
         lines.append(f"| {int(r * 100)}% pruned | no fine-tune | {fmt(p['map50'])} | {fmt(p['map50_95'])} | "
-                     f"{fmt(p.get('map_small'))} | {fmt(p.get('map_medium'))} | {s['params']:,} | {s['gflops']:.3f} | - |")
+                     f"{fmt(p.get('map_small'))} | {fmt(p.get('map_medium'))} | {s['params']:,} | "
+                     f"{s['gflops']:.3f} | - |")
         best = max(result["methods"], key=lambda k: s["runs"][k]["map50_95"])
         for meth in result["methods"]:
             q = s["runs"][meth]
@@ -211,7 +212,8 @@ def main(argv=None) -> int:
     print(f"teacher: {source}", file=sys.stderr)
     result = {
         "config": {**{k: v for k, v in vars(args).items() if k not in ("progress",)}, "data": str(args.data),
-                   "data_name": Path(str(args.data)).parent.name if str(args.data).endswith(".yaml") else str(args.data),
+                   "data_name": (Path(str(args.data)).parent.name if str(args.data).endswith(".yaml")
+                                 else str(args.data)),
                    "train_images": len(train), "val_images": len(val), "teacher_train_config": tcfg,
                    "distill_defaults": {k: v for k, v in DistillConfig().to_dict().items() if k != "method"}},
         "ratios": ratios, "methods": methods,
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
         entry = {**_counts(student.spec, args.imgsz), "pruned": _val(student, val, args.imgsz), "runs": {}}
         result["students"][str(r)] = entry
         for m in methods:
-            out = work / f"r{int(r * 100)}_{m.replace('+', '_')}{f'_s{args.finetune_seed}' if args.finetune_seed else ''}"
+            suffix = f"_s{args.finetune_seed}" if args.finetune_seed else ""
+            out = work / f"r{int(r * 100)}_{m.replace('+', '_')}{suffix}"
             print(f"[{time.time() - t_start:7.0f}s] ratio {r}: fine-tune with {m} -> {out}", file=sys.stderr)
             row, secs = finetune(args, teacher, student, train, val, m, out)
             entry["runs"][m] = {**{k.removeprefix("val/"): float(v) for k, v in row.items()

@@ -229,8 +229,9 @@ def distill_finetune(teacher, student, train_data, val_data, cfg, method: str | 
     distill_* items, val/map50, val/map50_95, val/map_small, ...). Writes RUNDIR like `yolojax train`
     (last/, best/, results.csv, tb/) plus distill.json.
 
-    method: 'none' | 'cwd' | 'sad' | 'logit' | 'cwd+logit' | ... (default: dcfg's, else 'cwd'); overrides: DistillConfig fields (tau,
-    scale_weights, loss_weight, cwd_weight, adapters, ...); cfg: yolojax.train.config.TrainConfig.
+    method: 'none' | 'cwd' | 'sad' | 'logit' | 'cwd+logit' | ... (default: dcfg's, else 'cwd');
+    overrides: DistillConfig fields (tau, scale_weights, loss_weight, cwd_weight, adapters, ...);
+    cfg: yolojax.train.config.TrainConfig. resume: continue RUNDIR/last exactly (state, adapters, position).
     """
     from yolojax.train.trainer import Trainer, resolve_model
     dcfg = dcfg or DistillConfig()

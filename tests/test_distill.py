@@ -282,8 +282,8 @@ def test_extra_loss_items_total_and_gradients(pair):
         preds, feats = YOLOv8(s_spec).apply({"params": params, "batch_stats": s_vars["batch_stats"]}, images)
         return fn(aux, preds, feats, images, {}, teacher)
 
-    (loss, items), (g_aux, g_params, g_teacher) = jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2),
-                                                                             has_aux=True))(aux, s_vars["params"], t_vars)
+    grad_fn = jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True))
+    (loss, items), (g_aux, g_params, g_teacher) = grad_fn(aux, s_vars["params"], t_vars)
     assert set(items) == {"distill_cwd", "distill_sad", "distill_cls", "distill_dfl", "distill"}
     parts = sum(float(items[k]) for k in items if k != "distill")
     assert float(items["distill"]) == pytest.approx(parts, rel=1e-6)
@@ -319,7 +319,6 @@ def synth(tmp_path_factory):
 
 
 def test_prune_then_distil_run_leaves_teacher_untouched(tmp_path, synth):
-    import orbax.checkpoint  # noqa: F401  (the train state is read back below)
     from distill.train import distill_finetune, prune_student
     from yolojax import Detector
     from yolojax.checkpoint import load_model, restore_pytree
