@@ -179,6 +179,10 @@ STAGE_TITLES = {"baseline": "baseline (teacher)", "sparse": "sparsity-trained", 
                 "finetuned": "pruned + fine-tuned (KD)", "onnx": "exported ONNX (ORT)"}
 
 
+def _num(v, digits: int) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def _pruning_words(cfg: Mapping) -> str:
     if cfg.get("prune_ratio"):
         return f"`{cfg.get('policy')}` policy, {cfg['prune_ratio']:.0%} of channels"
@@ -188,6 +192,9 @@ def _pruning_words(cfg: Mapping) -> str:
 
 
 def write_markdown(report: Mapping, path: Path) -> Path:
+    """report: build_report's dict, or the flat report.json (stages at top level + `meta`)."""
+    if "stages" not in report:
+        report = {**report["meta"], "stages": {k: v for k, v in report.items() if k != "meta"}}
     st = report["stages"]
     cfg = report.get("config", {})
     lines = [f"# Compression report", "",
@@ -202,8 +209,8 @@ def write_markdown(report: Mapping, path: Path) -> Path:
         d = r["delta_pct"]
         lines.append(f"| {STAGE_TITLES.get(k, k)} | {r['params']:,} | {r['gflops']:.3f} | {r['macs'] / 1e9:.3f} | "
                      f"{r['size_mb']:.2f} | {r['map50']:.4f} | {r['map50_95']:.4f} | {r['map_small']:.4f} | "
-                     f"{r['map_medium']:.4f} | {r.get('jax_ms', float('nan')):.2f} | {r.get('ort_ms', float('nan')):.2f} | "
-                     f"{r.get('ort_fps', float('nan')):.1f} | {d['params']:+.1f}% | {d['gflops']:+.1f}% | "
+                     f"{r['map_medium']:.4f} | {_num(r.get('jax_ms'), 2)} | {_num(r.get('ort_ms'), 2)} | "
+                     f"{_num(r.get('ort_fps'), 1)} | {d['params']:+.1f}% | {d['gflops']:+.1f}% | "
                      f"{r['delta']['map50']:+.4f} |")
     lines += ["", "GFLOPs at the report's image size (Ultralytics' definition); at 640 px: " +
               ", ".join(f"{k} {r['gflops_640']:.2f}" for k, r in st.items()) + ".", "", "## Plots", ""]
