@@ -46,3 +46,21 @@ def test_compress_end_to_end(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stderr.count("done, skipped") == 4
+
+
+@pytest.mark.slow
+def test_compress_obb_end_to_end(tmp_path):
+    """`--task obb`: the oriented synthetic set, an -obb model, rotated metrics, the angle row in ONNX."""
+    run = tmp_path / "obb"
+    cmd = [sys.executable, "-m", "yolojax.cli", "compress", "--task", "obb", "--model", "tiny", "-o", str(run),
+           "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--epochs-teacher", "1",
+           "--epochs-sparse", "1", "--epochs-finetune", "1", "--bench-runs", "2", "--synth-images", "20",
+           "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads((run / "report.json").read_text())
+    assert report["finetuned"]["gflops"] < report["baseline"]["gflops"]
+    assert json.loads((run / "export" / "check.json").read_text())["passed"]
+    student = yolojax.load(run / "finetune")
+    assert student.spec.task == "obb" and student.spec.width_map.keys() >= {"model_22/cv4_0_0"}
+    assert (run / "plots" / "predictions.png").exists()

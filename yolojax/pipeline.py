@@ -23,6 +23,7 @@ class CompressConfig:
 
     data: str | None = None           # None: built-in synthetic aerial set
     model: str = "yolov8n"            # variant or checkpoint to train the teacher from
+    task: str = "detect"              # detect | obb (oriented boxes: an -obb model and oriented labels)
     teacher: str | None = None        # a trained model (checkpoint, run dir, Ultralytics .pt): skips stage 1
     imgsz: int = 160
     batch: int = 16
@@ -100,6 +101,7 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     """Run every stage; returns the report dict (also written to RUNDIR/report.json and report.md)."""
     from .api import load
     from .data import load_dataset
+    from .model.spec import SCALES
     from .train.cli import default_data
 
     rundir = Path(rundir)
@@ -107,7 +109,11 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     (rundir / "compress_config.json").write_text(json.dumps(dataclasses.asdict(cc), indent=1))
     t_start = time.time()
     timings: dict[str, float] = {}
-    data = cc.data or str(default_data(cc.synth_images, cc.imgsz, cc.seed))
+    obb = cc.task == "obb"
+    data = cc.data or str(default_data(cc.synth_images, cc.imgsz, cc.seed, obb=obb))
+    model = cc.model
+    if obb and model.removeprefix("yolov8") in SCALES:
+        model = f"{model}-obb"  # a variant name: its oriented-box twin
     train = load_dataset(data, "train")
     try:
         val = load_dataset(data, "val")
@@ -127,8 +133,8 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
         teacher = load(d / "best")
         _say("teacher: done, skipped")
     else:
-        _say(f"teacher: training {cc.model} for {cc.epochs_teacher} epochs at {cc.imgsz}px")
-        teacher = _train_stage(d, _train_config(cc, cc.epochs_teacher), train, val, cc.model,
+        _say(f"teacher: training {model} for {cc.epochs_teacher} epochs at {cc.imgsz}px")
+        teacher = _train_stage(d, _train_config(cc, cc.epochs_teacher), train, val, model,
                                progress=cc.progress)
         _mark_done(d)
     timings["teacher"] = time.time() - t0
@@ -254,6 +260,7 @@ def add_compress_args(p) -> None:
     p.add_argument("--data", default=None, help="dataset (any supported format); default: built-in synthetic set")
     p.add_argument("--model", default=f["model"], help="variant or checkpoint the teacher is trained from")
     p.add_argument("--teacher", default=None, help="trained model to compress (skips teacher training)")
+    p.add_argument("--task", default=f["task"], choices=["detect", "obb"], help="obb: oriented boxes (DOTA-style)")
     p.add_argument("-o", "--output", default="runs/compress", help="run directory")
     p.add_argument("--imgsz", type=int, default=f["imgsz"])
     p.add_argument("--batch", type=int, default=f["batch"])

@@ -99,8 +99,15 @@ def _draw_samples(models: Mapping[str, Any], val, imgsz: int, path: Path, n: int
             x, rp = letterbox_image(img, imgsz)
             r = jax.device_get(predict(det.variables, x[None]))
             keep = r["valid"][0]
-            boxes = scale_boxes(r["boxes"][0][keep], rp, img.shape[:2])
-            tile = draw_detections(img, boxes, r["scores"][0][keep], r["classes"][0][keep], det.names)
+            scores, classes = r["scores"][0][keep], r["classes"][0][keep]
+            if det.spec.task == "obb":
+                from .eval.obb import scale_rboxes
+                from .eval.rotated import rbox_corners
+                polys = rbox_corners(np.asarray(scale_rboxes(r["boxes"][0][keep], rp), np.float64))
+                tile = draw_detections(img, None, scores, classes, det.names, polygons=polys)
+            else:
+                boxes = scale_boxes(r["boxes"][0][keep], rp, img.shape[:2])
+                tile = draw_detections(img, boxes, scores, classes, det.names)
             tile = cv2.resize(tile, (320, int(320 * img.shape[0] / img.shape[1])))
             tiles.append(tile)
         h = max(t.shape[0] for t in tiles)

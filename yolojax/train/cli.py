@@ -10,13 +10,13 @@ from pathlib import Path
 DEFAULT_SYNTH = Path("runs/synth")
 
 
-def default_data(images: int = 400, imgsz: int = 256, seed: int = 0) -> Path:
-    """The built-in synthetic aerial dataset (generated once, deterministic)."""
+def default_data(images: int = 400, imgsz: int = 256, seed: int = 0, obb: bool = False) -> Path:
+    """The built-in synthetic aerial dataset (generated once, deterministic; `obb`: oriented labels)."""
     from ..data.synth import make_synthetic
-    out = DEFAULT_SYNTH / f"aerial-{images}-{imgsz}-{seed}"
+    out = DEFAULT_SYNTH / f"aerial-{images}-{imgsz}-{seed}{'-obb' if obb else ''}"
     if not (out / "data.yaml").exists():
         print(f"generating the built-in synthetic aerial dataset in {out} ...", file=sys.stderr)
-        make_synthetic(out, images=images, imgsz=imgsz, seed=seed)
+        make_synthetic(out, images=images, imgsz=imgsz, seed=seed, obb=obb)
     return out / "data.yaml"
 
 
