@@ -130,6 +130,22 @@ def nms_numpy(boxes, scores, iou_thres: float, classes=None):
     return np.asarray(keep, dtype=np.int64)
 
 
+def candidates_numpy(scores, *, conf: float, multi_label: bool, max_candidates: int):
+    """One image's NMS candidates, best first: scores [A, nc] -> (score [K], anchor [K], class [K]) of the top
+    max_candidates (anchor, class) pairs (multi-label) or anchors (best class), above conf."""
+    nc = scores.shape[-1]
+    if multi_label:
+        flat = scores.reshape(-1)
+        idx = np.argsort(-flat, kind="stable")[:max_candidates]
+        s, anchor, cls = flat[idx], idx // nc, idx % nc
+    else:
+        best = scores.max(-1)
+        anchor = np.argsort(-best, kind="stable")[:max_candidates]
+        s, cls = best[anchor], scores.argmax(-1)[anchor]
+    m = s > conf
+    return s[m], anchor[m], cls[m]
+
+
 def non_max_suppression_numpy(
     boxes_xywh,
     scores,
@@ -152,16 +168,8 @@ def non_max_suppression_numpy(
         valid=np.zeros((b, max_det), bool),
     )
     for bi in range(b):
-        if multi_label:
-            flat = scores[bi].reshape(-1)
-            idx = np.argsort(-flat, kind="stable")[:max_candidates]
-            s, anchor, cls = flat[idx], idx // nc, idx % nc
-        else:
-            best = scores[bi].max(-1)
-            anchor = np.argsort(-best, kind="stable")[:max_candidates]
-            s, cls = best[anchor], scores[bi].argmax(-1)[anchor]
-        m = s > conf
-        s, anchor, cls = s[m], anchor[m], cls[m]
+        s, anchor, cls = candidates_numpy(scores[bi], conf=conf, multi_label=multi_label,
+                                          max_candidates=max_candidates)
         boxes = xywh2xyxy(boxes_xywh[bi][anchor])
         keep = nms_numpy(boxes, s, iou, None if agnostic else cls)[:max_det]
         n = len(keep)

@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from yolojax.eval.metrics import DetectionMetrics, match_overlaps
-from yolojax.eval.nms import MAX_CANDIDATES
+from yolojax.eval.nms import MAX_CANDIDATES, candidates_numpy
 from yolojax.eval.rotated import (batch_probiou, polygon_area, polygon_iou, polygon_iou_elementwise, probiou,
                                   rbox_corners)
 
@@ -177,16 +177,8 @@ def rotated_nms_numpy(rboxes, scores, *, conf: float = 0.001, iou: float = 0.7, 
     out = dict(boxes=np.zeros((b, max_det, 5), rboxes.dtype), scores=np.zeros((b, max_det), scores.dtype),
                classes=np.zeros((b, max_det), np.int32), valid=np.zeros((b, max_det), bool))
     for bi in range(b):
-        if multi_label:
-            flat = scores[bi].reshape(-1)
-            idx = np.argsort(-flat, kind="stable")[:max_candidates]
-            s, anchor, cls = flat[idx], idx // nc, idx % nc
-        else:
-            best = scores[bi].max(-1)
-            anchor = np.argsort(-best, kind="stable")[:max_candidates]
-            s, cls = best[anchor], scores[bi].argmax(-1)[anchor]
-        m = s > conf
-        s, anchor, cls = s[m], anchor[m], cls[m]
+        s, anchor, cls = candidates_numpy(scores[bi], conf=conf, multi_label=multi_label,
+                                          max_candidates=max_candidates)
         boxes = rboxes[bi][anchor]
         keep = nms_rotated_numpy(boxes, s, iou, None if agnostic else cls, iou_type)[:max_det]
         n = len(keep)
