@@ -82,22 +82,31 @@ def non_max_suppression(
         raise ValueError(f"boxes_xywh must be [B, A, 4], got {boxes_xywh.shape}")
     if scores.ndim != 3 or scores.shape[:2] != boxes_xywh.shape[:2]:
         raise ValueError(f"scores must be [B, A, nc] with B, A of boxes {boxes_xywh.shape}, got {scores.shape}")
-    b, a, nc = scores.shape
-    multi_label = multi_label and nc > 1  # as Ultralytics: single class is never multi-label
-    if multi_label:
-        flat = scores.reshape(b, a * nc)
-        k = min(max_candidates, a * nc)
-        top_s, top_i = lax.top_k(flat, k)  # ties: lower index first, as a stable sort
-        anchor, cls = top_i // nc, top_i % nc
-    else:
-        best = scores.max(-1)
-        k = min(max_candidates, a)
-        top_s, anchor = lax.top_k(best, k)
-        cls = jnp.take_along_axis(scores.argmax(-1), anchor, axis=1)
-    cand = xywh2xyxy(jnp.take_along_axis(boxes_xywh, anchor[..., None], axis=1))
-    cls = cls.astype(jnp.int32)
+    top_s, cand, cls = select_candidates(boxes_xywh, scores, multi_label=multi_label,
+                                         max_candidates=max_candidates)
+    cand = xywh2xyxy(cand)
     nms = functools.partial(_greedy_nms, iou_thres=iou, max_det=max_det, agnostic=agnostic)
     keep, n = jax.vmap(nms)(cand, cls, top_s > conf)
+    return gather_kept(cand, top_s, cls, keep, n, max_det)
+
+
+def select_candidates(boxes, scores, *, multi_label: bool, max_candidates: int):
+    """The NMS candidates of a batch, best first (static shapes): boxes [B,A,D], scores [B,A,nc] ->
+    (score [B,K], box [B,K,D], class [B,K] int32) of the top (anchor, class) pairs (multi-label) or anchors."""
+    b, a, nc = scores.shape
+    if multi_label and nc > 1:  # as Ultralytics: single class is never multi-label
+        k = min(max_candidates, a * nc)
+        top_s, top_i = lax.top_k(scores.reshape(b, a * nc), k)  # ties: lower index first, as a stable sort
+        anchor, cls = top_i // nc, top_i % nc
+    else:
+        k = min(max_candidates, a)
+        top_s, anchor = lax.top_k(scores.max(-1), k)
+        cls = jnp.take_along_axis(scores.argmax(-1), anchor, axis=1)
+    return top_s, jnp.take_along_axis(boxes, anchor[..., None], axis=1), cls.astype(jnp.int32)
+
+
+def gather_kept(cand, top_s, cls, keep, n, max_det: int) -> dict:
+    """Kept rows (indices [B,max_det], counts [B]) -> the padded NMS output dict."""
     valid = jnp.arange(max_det)[None, :] < n[:, None]
     take = lambda x: jnp.take_along_axis(x, keep, axis=1)  # noqa: E731
     return dict(

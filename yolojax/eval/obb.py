@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from yolojax.eval.metrics import DetectionMetrics, match_overlaps
-from yolojax.eval.nms import MAX_CANDIDATES, candidates_numpy
+from yolojax.eval.nms import MAX_CANDIDATES, candidates_numpy, gather_kept, select_candidates
 from yolojax.eval.rotated import (batch_probiou, polygon_area, polygon_iou, polygon_iou_elementwise, probiou,
                                   rbox_corners)
 
@@ -102,18 +102,9 @@ def rotated_nms(rboxes, scores, *, conf: float = 0.001, iou: float = 0.7, max_de
         raise ValueError(f"rboxes must be [B, A, 5], got {rboxes.shape}")
     if scores.ndim != 3 or scores.shape[:2] != rboxes.shape[:2]:
         raise ValueError(f"scores must be [B, A, nc] with B, A of rboxes {rboxes.shape}, got {scores.shape}")
-    b, a, nc = scores.shape
-    multi_label = multi_label and nc > 1
-    if multi_label:
-        k = min(max_candidates, a * nc)
-        top_s, top_i = lax.top_k(scores.reshape(b, a * nc), k)
-        anchor, cls = top_i // nc, top_i % nc
-    else:
-        k = min(max_candidates, a)
-        top_s, anchor = lax.top_k(scores.max(-1), k)
-        cls = jnp.take_along_axis(scores.argmax(-1), anchor, axis=1)
-    cand = jnp.take_along_axis(rboxes, anchor[..., None], axis=1)  # [B, K, 5]
-    cls = cls.astype(jnp.int32)
+    top_s, cand, cls = select_candidates(rboxes, scores, multi_label=multi_label,
+                                         max_candidates=max_candidates)  # cand [B, K, 5]
+    k = top_s.shape[1]
 
     def one(boxes, classes, alive):
         same = (lambda i: True) if agnostic else (lambda i: classes == classes[i])  # noqa: E731
@@ -124,14 +115,7 @@ def rotated_nms(rboxes, scores, *, conf: float = 0.001, iou: float = 0.7, max_de
         return _greedy(row, k, alive, max_det=max_det)
 
     keep, n = jax.vmap(one)(cand, cls, top_s > conf)
-    valid = jnp.arange(max_det)[None, :] < n[:, None]
-    take = lambda x: jnp.take_along_axis(x, keep, axis=1)  # noqa: E731
-    return dict(
-        boxes=jnp.where(valid[..., None], jnp.take_along_axis(cand, keep[..., None], axis=1), 0.0),
-        scores=jnp.where(valid, take(top_s), 0.0),
-        classes=jnp.where(valid, take(cls), 0),
-        valid=valid,
-    )
+    return gather_kept(cand, top_s, cls, keep, n, max_det)
 
 
 def nms_rotated_numpy(rboxes, scores, iou_thres: float, classes=None, iou_type: str = "probiou",
