@@ -170,6 +170,22 @@ def _check_policy(malformed: str) -> None:
         raise ValueError(f"malformed must be 'skip' (leave the image out) or 'drop' (drop the row), got {malformed!r}")
 
 
+def _label_lines(img: str, path: str, problems: list[Problem], stats, *, missing: str,
+                 unreadable: str) -> list[str] | None:
+    """An image's annotation lines: [] when the file is missing (a background image, reported as a warning),
+    None when it cannot be read (the image is skipped, reported)."""
+    if not os.path.isfile(path):
+        stats["missing_label_files"] += 1
+        problems.append(Problem(img, None, f"no {missing}: used as a background image", "warning", "missing_label"))
+        return []
+    lines = _read_text(path, problems)
+    if lines is None:
+        problems.append(Problem(img, None, f"its {unreadable} cannot be read", "skipped", "label_file"))
+        return None
+    stats["label_files"] += 1
+    return lines
+
+
 def _read_text(path: str, problems: list[Problem]) -> list[str] | None:
     """Lines of a text annotation file (CRLF or LF); None (and a problem) when it cannot be read."""
     try:
@@ -552,49 +568,42 @@ def load_visdrone(path: str, split: str = "train", *, others: str = "drop", malf
             continue
         start = len(problems)
         rows = _Rows()
-        if not os.path.isfile(af):
-            stats["missing_label_files"] += 1
-            problems.append(Problem(img, None, "no annotation file: used as a background image", "warning",
-                                    "missing_label"))
-        else:
-            lines = _read_text(af, problems)
-            if lines is None:
-                problems.append(Problem(img, None, "its annotation file cannot be read", "skipped", "label_file"))
+        lines = _label_lines(img, af, problems, stats, missing="annotation file", unreadable="annotation file")
+        if lines is None:
+            continue
+        for i, raw in enumerate(lines, 1):
+            s = raw.strip()
+            if not s:
                 continue
-            stats["label_files"] += 1
-            for i, raw in enumerate(lines, 1):
-                s = raw.strip()
-                if not s:
-                    continue
-                stats["label_lines"] += 1
-                parts = [t.strip() for t in s.split(",")]
-                while parts and parts[-1] == "":  # trailing commas occur in the official files
-                    parts.pop()
-                if len(parts) != 8:
-                    problems.append(Problem(af, i, f"{len(parts)} fields, expected 8 "
-                                                   "(left,top,width,height,score,category,truncation,occlusion)",
-                                            kind="malformed"))
-                    continue
-                try:
-                    v = [_num(t) for t in parts]
-                except ValueError:
-                    bad = next(t for t in parts if not _is_float(t))
-                    problems.append(Problem(af, i, f"non-numeric field {bad!r}", kind="malformed"))
-                    continue
-                left, top, bw, bh, score, cat = v[:6]
-                if not math.isfinite(cat) or cat != int(cat) or not 0 <= cat <= 11:
-                    problems.append(Problem(af, i, f"category {parts[5]!r} not in 0..11", kind="class_id"))
-                    continue
-                cat = int(cat)
-                if cat == 11 and others == "drop":
-                    stats["dropped_others"] += 1
-                    problems.append(Problem(af, i, "category 11 (others) dropped", kind="others"))
-                    continue
-                box = (left, top, left + bw, top + bh)
-                if cat == 0 or cat == 11:
-                    rows.add(i, IGNORE_CLASS, box=box, ignore=True)
-                else:
-                    rows.add(i, cat - 1, box=box, ignore=score == 0)
+            stats["label_lines"] += 1
+            parts = [t.strip() for t in s.split(",")]
+            while parts and parts[-1] == "":  # trailing commas occur in the official files
+                parts.pop()
+            if len(parts) != 8:
+                problems.append(Problem(af, i, f"{len(parts)} fields, expected 8 "
+                                               "(left,top,width,height,score,category,truncation,occlusion)",
+                                        kind="malformed"))
+                continue
+            try:
+                v = [_num(t) for t in parts]
+            except ValueError:
+                bad = next(t for t in parts if not _is_float(t))
+                problems.append(Problem(af, i, f"non-numeric field {bad!r}", kind="malformed"))
+                continue
+            left, top, bw, bh, score, cat = v[:6]
+            if not math.isfinite(cat) or cat != int(cat) or not 0 <= cat <= 11:
+                problems.append(Problem(af, i, f"category {parts[5]!r} not in 0..11", kind="class_id"))
+                continue
+            cat = int(cat)
+            if cat == 11 and others == "drop":
+                stats["dropped_others"] += 1
+                problems.append(Problem(af, i, "category 11 (others) dropped", kind="others"))
+                continue
+            box = (left, top, left + bw, top + bh)
+            if cat == 0 or cat == 11:
+                rows.add(i, IGNORE_CLASS, box=box, ignore=True)
+            else:
+                rows.add(i, cat - 1, box=box, ignore=score == 0)
         fields = _validate(af, shape, rows, len(VISDRONE_NAMES), problems, stats)
         if _leave_out(img, _malformed(problems, start, (af,)), problems, malformed):
             continue
@@ -820,38 +829,31 @@ def load_dota(path: str, split: str = "train", *, names: Sequence[str] | None = 
             continue
         start = len(problems)
         rows = _Rows(with_polygons=True)
-        if not os.path.isfile(lf):
-            stats["missing_label_files"] += 1
-            problems.append(Problem(img, None, "no labelTxt file: used as a background image", "warning",
-                                    "missing_label"))
-        else:
-            lines = _read_text(lf, problems)
-            if lines is None:
-                problems.append(Problem(img, None, "its label file cannot be read", "skipped", "label_file"))
+        lines = _label_lines(img, lf, problems, stats, missing="labelTxt file", unreadable="label file")
+        if lines is None:
+            continue
+        for i, raw in enumerate(lines, 1):
+            parts = raw.split()
+            if not parts or parts[0].startswith(("imagesource:", "gsd:")):
                 continue
-            stats["label_files"] += 1
-            for i, raw in enumerate(lines, 1):
-                parts = raw.split()
-                if not parts or parts[0].startswith(("imagesource:", "gsd:")):
-                    continue
-                stats["label_lines"] += 1
-                if len(parts) not in (9, 10):
-                    problems.append(Problem(lf, i, f"{len(parts)} fields, expected 10 "
-                                                   "(x1 y1 x2 y2 x3 y3 x4 y4 class difficult)", kind="malformed"))
-                    continue
-                try:
-                    pts = [_num(t) for t in parts[:8]]
-                except ValueError:
-                    bad = next(t for t in parts[:8] if not _is_float(t))
-                    problems.append(Problem(lf, i, f"non-numeric coordinate {bad!r}", kind="malformed"))
-                    continue
-                if parts[8] not in index:
-                    problems.append(Problem(lf, i, f"unknown class {parts[8]!r}"
-                                            + (" (a DOTA-v1.5/v2 class: pass names=DOTA_V2_NAMES)"
-                                               if parts[8] in DOTA_V2_NAMES else ""), kind="unknown_class"))
-                    continue
-                difficult = len(parts) == 10 and parts[9] not in ("0",)
-                rows.add(i, index[parts[8]], poly=pts, ignore=difficult)
+            stats["label_lines"] += 1
+            if len(parts) not in (9, 10):
+                problems.append(Problem(lf, i, f"{len(parts)} fields, expected 10 "
+                                               "(x1 y1 x2 y2 x3 y3 x4 y4 class difficult)", kind="malformed"))
+                continue
+            try:
+                pts = [_num(t) for t in parts[:8]]
+            except ValueError:
+                bad = next(t for t in parts[:8] if not _is_float(t))
+                problems.append(Problem(lf, i, f"non-numeric coordinate {bad!r}", kind="malformed"))
+                continue
+            if parts[8] not in index:
+                problems.append(Problem(lf, i, f"unknown class {parts[8]!r}"
+                                        + (" (a DOTA-v1.5/v2 class: pass names=DOTA_V2_NAMES)"
+                                           if parts[8] in DOTA_V2_NAMES else ""), kind="unknown_class"))
+                continue
+            difficult = len(parts) == 10 and parts[9] not in ("0",)
+            rows.add(i, index[parts[8]], poly=pts, ignore=difficult)
         fields = _validate(lf, shape, rows, len(names), problems, stats)
         if _leave_out(img, _malformed(problems, start, (lf,)), problems, malformed):
             continue
