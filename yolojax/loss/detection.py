@@ -58,6 +58,20 @@ def dfl_loss(pred_dist: jax.Array, target: jax.Array) -> jax.Array:
     return -(lp_left * w_left + lp_right * (1 - w_left)).mean(-1)
 
 
+def assigned_cls_loss(logits, asg, anchors_px, gt_boxes, ignore, inside_fn, *, use_ignore: bool):
+    """BCE against the assigned target scores over sum(target scores) (Ultralytics); anchors whose centre lies in
+    an ignore region and that are not foreground give no negatives. Shared by the detection and OBB losses.
+
+    Returns (cls loss, target_scores_sum, per-anchor box/DFL weight [B, A]).
+    """
+    target_scores_sum = jnp.maximum(asg.scores.sum(), 1.0)
+    bce = bce_with_logits(logits, asg.scores)
+    if use_ignore and gt_boxes.shape[1] > 0:
+        in_ignore = (inside_fn(anchors_px, gt_boxes) & ignore[:, :, None]).any(1)  # [B, A]
+        bce = bce * (~in_ignore | asg.fg)[:, :, None]
+    return bce.sum() / target_scores_sum, target_scores_sum, asg.scores.sum(-1) * asg.fg
+
+
 def detection_loss(preds: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *, nc: int,
                    reg_max: int = 16, cfg: LossConfig = LossConfig()
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -100,16 +114,8 @@ def detection_loss(preds: Mapping[str, jax.Array], batch: Mapping[str, jax.Array
         batch["classes"], gt_boxes, gt_mask & ~ignore,
         num_classes=nc, topk=cfg.topk, alpha=cfg.alpha, beta=cfg.beta, eps=cfg.eps,
         inside_fn=functools.partial(points_in_boxes, min_side=cfg.small_side))
-    target_scores = asg.scores
-    target_scores_sum = jnp.maximum(target_scores.sum(), 1.0)
-
-    bce = bce_with_logits(logits, target_scores)
-    if "ignore" in batch and gt_boxes.shape[1] > 0:
-        in_ignore = (points_in_boxes(anchors_px, gt_boxes) & ignore[:, :, None]).any(1)  # [B, A]
-        bce = bce * (~in_ignore | asg.fg)[:, :, None]
-    loss_cls = bce.sum() / target_scores_sum
-
-    weight = target_scores.sum(-1) * asg.fg  # [B, A]
+    loss_cls, target_scores_sum, weight = assigned_cls_loss(
+        logits, asg, anchors_px, gt_boxes, ignore, points_in_boxes, use_ignore="ignore" in batch)
     # Off-foreground targets are arbitrary gt rows (possibly zero padding): swap in a unit box
     # around the anchor so that weight-0 terms stay finite and give clean zero gradients.
     unit = jnp.concatenate([anchors - 0.5, anchors + 0.5], -1)

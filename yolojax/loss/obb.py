@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from yolojax.eval.rotated import points_in_rboxes, probiou
 from yolojax.loss.assigner import task_aligned_assign
-from yolojax.loss.detection import LossConfig, bce_with_logits, dfl_decode, dfl_loss
+from yolojax.loss.detection import LossConfig, assigned_cls_loss, dfl_decode, dfl_loss
 from yolojax.model.modules import dist2rbox
 
 MIN_TARGET_SIDE = 2.0  # px; Ultralytics drops thinner targets "to stabilize training"
@@ -84,16 +84,8 @@ def obb_loss(preds: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], *, 
         jax.nn.sigmoid(logits), pred_rbox * to_px, anchors_px, batch["classes"], gt, target_mask,
         num_classes=nc, topk=cfg.topk, alpha=cfg.alpha, beta=cfg.beta, eps=cfg.eps, iou_fn=probiou,
         inside_fn=functools.partial(points_in_rboxes, min_side=cfg.small_side))
-    target_scores = asg.scores
-    target_scores_sum = jnp.maximum(target_scores.sum(), 1.0)
-
-    bce = bce_with_logits(logits, target_scores)
-    if "ignore" in batch and gt.shape[1] > 0:
-        in_ignore = (points_in_rboxes(anchors_px, gt) & ignore[:, :, None]).any(1)  # [B, A]
-        bce = bce * (~in_ignore | asg.fg)[:, :, None]
-    loss_cls = bce.sum() / target_scores_sum
-
-    weight = target_scores.sum(-1) * asg.fg  # [B, A]
+    loss_cls, target_scores_sum, weight = assigned_cls_loss(
+        logits, asg, anchors_px, gt, ignore, points_in_rboxes, use_ignore="ignore" in batch)
     # off-foreground targets: a unit box on the anchor, so weight-0 terms give clean zero gradients
     unit = jnp.concatenate([anchors, jnp.ones((A, 2)), jnp.zeros((A, 1))], -1)
     target = jnp.where(asg.fg[:, :, None], asg.boxes / to_px, unit[None])
