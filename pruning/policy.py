@@ -11,8 +11,9 @@ most important channels are the ones kept, see `prune.plan`).
                                 group channel pruning: rank within classes of (part, feature scale, module
                                 kind), each class losing its own share (or its own threshold)
     LayerRatio(r, rules=...)    the same share r of every group (r=0.5 is the seed paper's recipe)
-    Budget(base, target_gflops=|target_params=)
-                                bisection on the base policy's ratio until FLOPs/params fit the budget
+    Budget(base, target_gflops=|target_params=, prune_below=)
+                                bisection on the base policy's ratio until FLOPs/params fit the budget;
+                                with prune_below, channels a sparse stage drove to ~0 go first, for free
 
 `rules` are (selector, value) pairs, the first matching selector wins (see `Group.matches`: 'head', 'P3',
 'neck/P3', 'residual', 'model_22/cv3_*'); unmatched groups get the policy's default.
@@ -214,6 +215,10 @@ class Budget(Policy):
     imgsz: int = 640
     base: Policy | None = None
     iters: int = 40
+    # Channels whose every coupled BN |gamma| is below this are removed first, whatever the budget (what a
+    # sparsity-trained model drove to zero costs nothing to remove); the search then prunes further by `base`
+    # only if the budget is not yet met. None: no such step.
+    prune_below: float | None = None
 
     def __post_init__(self):
         super().__post_init__()

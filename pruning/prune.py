@@ -66,6 +66,12 @@ def importance_scores(spec: Spec, variables: Mapping, policy: Policy) -> dict[st
     return {g.name: group_importance(spec, variables, g, base.importance, base.reduce) for g in build_groups(spec)}
 
 
+def near_zero_masks(spec: Spec, variables: Mapping, threshold: float = 1e-2) -> dict[str, np.ndarray]:
+    """Per group, the channels whose BN |gamma| is below `threshold` in every coupled producer (what sparsity
+    training drove to zero: removing them changes the output only by gamma * x_hat, plus padded borders)."""
+    return {g.name: group_importance(spec, variables, g, "bn", "max") < threshold for g in build_groups(spec)}
+
+
 # -- planning ---------------------------------------------------------------------------------------------
 def masks_from_counts(scores: Mapping[str, np.ndarray], counts: Mapping[str, int]) -> dict[str, np.ndarray]:
     """Keep the `counts[name]` most important channels of each group (ties: lower index first)."""
@@ -100,11 +106,16 @@ def _metrics(spec: Spec, imgsz: int) -> dict:
     return {"gflops": count_flops(spec, imgsz), "params": count_params(spec)}
 
 
-def _budget_counts(spec: Spec, groups, scores, policy: Budget) -> dict[str, int]:
+def _budget_counts(spec: Spec, groups, scores, policy: Budget, zero: Mapping[str, np.ndarray] | None = None
+                   ) -> dict[str, int]:
     base = policy.base
+    # at most the channels that are not near zero (rounded as the policy rounds; skipped groups stay whole)
+    cap = {g.name: (g.size if zero is None or base.is_skipped(g) else base.finalize(g.size, int((~zero[g.name]).sum())))
+           for g in groups}
 
     def fits(r):
         counts = base.at_level(r).keep_counts(groups, scores)
+        counts = {k: min(v, cap[k]) for k, v in counts.items()}
         m = _metrics(spec_from_counts(spec, counts), policy.imgsz)
         ok = ((policy.target_gflops is None or m["gflops"] <= policy.target_gflops)
               and (policy.target_params is None or m["params"] <= policy.target_params))
@@ -136,7 +147,12 @@ def plan(spec: Spec, variables: Mapping, policy: Policy) -> dict[str, np.ndarray
     groups = build_groups(spec)
     scores = importance_scores(spec, variables, policy)
     if isinstance(policy, Budget):
-        counts = _budget_counts(spec, groups, scores, policy)
+        zero = None
+        if policy.prune_below is not None:
+            zero = near_zero_masks(spec, variables, policy.prune_below)
+            # near-zero channels rank below every other channel, so every count removes them first
+            scores = {k: np.where(zero[k], -1.0, v) for k, v in scores.items()}
+        counts = _budget_counts(spec, groups, scores, policy, zero)
     else:
         counts = policy.keep_counts(groups, scores)
     return masks_from_counts(scores, counts)
@@ -240,5 +256,5 @@ def prune_report(before: Spec, after: Spec, imgsz: int = 640) -> dict:
     }
 
 
-__all__ = ["prune", "plan", "apply_masks", "masks_from_counts", "spec_from_counts", "group_importance",
+__all__ = ["prune", "plan", "apply_masks", "masks_from_counts", "near_zero_masks", "spec_from_counts", "group_importance",
            "importance_scores", "prune_report"]

@@ -1,23 +1,37 @@
 """Sparsity training (network slimming): an L1 penalty on BatchNorm scales, as an Optax transformation.
 
-`bn_l1` adds lambda(t) * sign(gamma) to the gradient of every BN scale (leaves named `scale` under a module
-named `bn`), and optionally beta_rate(t) * sign(beta) to BN biases. Chain it AFTER gradient clipping and
-BEFORE the optimizer's momentum/learning-rate scaling:
+Two forms of the same penalty lambda(t) * sum |gamma| (and optionally on BN betas):
 
-    tx = optax.chain(optax.clip_by_global_norm(10.0), bn_l1(1e-4, schedule="decay", total_steps=N),
-                     optax.sgd(lr, momentum=0.937, nesterov=True))       # == with_sparsity(clip, sgd, l1)
+prox (default)  a proximal step AFTER the optimizer's update, scaled by the current learning rate and
+                decoupled from the optimizer the way AdamW decouples weight decay:
+                    gamma <- sign(gamma) * max(|gamma| - lr_t * lambda_t, 0)
+                It produces exact zeros, and a zero stays zero while the data gradient's step is smaller than
+                lr_t * lambda_t. The shrink per step is lr_t * lambda_t under SGD, Adam and AdamW alike.
 
-Before clipping, the penalty would count in the global norm and be scaled down with the loss gradient whenever
-clipping triggers (early training, loss spikes), i.e. swallowed exactly when it matters. The transform is
-elementwise (plus one reduction for the dynamic schedule), so it works unchanged under data-parallel
-sharding and inside `jax.jit`.
+                    tx = optax.chain(optax.clip_by_global_norm(10.0), optimizer,
+                                     bn_l1(1.0, mode="prox", learning_rate=lr_schedule))
+
+grad            the seed's form: lambda(t) * sign(gamma) added to the gradient BEFORE the optimizer (after
+                clipping, so clipping cannot swallow it). Under SGD the shrink is lr * lambda, as intended.
+                Under Adam/AdamW it is not an L1 penalty at all: the second-moment normalisation divides the
+                penalty by the gradient's RMS, so with no data gradient every gamma moves by lr per step
+                whatever lambda is (measured: lambda 1e-5, 1e-3 and 1e-1 all shrink a gamma by 0.0200 in 10
+                steps at lr 0.002), and with a data gradient lambda's weight depends on that gradient's scale.
+
+                    tx = optax.chain(optax.clip_by_global_norm(10.0), bn_l1(1e-4, mode="grad"), sgd)
+
+The transform is elementwise plus one reduction (the dynamic schedule's share), so it works unchanged under
+data-parallel sharding and inside `jax.jit`.
 
 Schedules (progress = step / total_steps, clipped to [0, 1]):
     constant  lambda(t) = rate
     decay     lambda(t) = rate * (1 - 0.9 * progress)      (the seed paper's recipe, per step)
-    dynamic   lambda rises while the share of |gamma| < threshold is below target_sparsity and falls once
-              the target is reached: lambda <- lambda * exp(adapt * (target - share) / target), kept within
-              [rate * min_scale, rate * max_scale]; the YOLOv4-era "dynamic sparsity" idea.
+    dynamic   a controller that drives the share of |gamma| < threshold toward `target_sparsity`: the share it
+              asks for rises linearly to the target over the first `ramp` of total_steps (at once without
+              total_steps) and then holds; lambda <- lambda * exp(adapt * (wanted - share) / target), kept
+              within [rate * min_scale, rate * max_scale]. Below the wanted share lambda grows geometrically,
+              above it lambda falls, so the stage reaches the target and then spends its remaining steps
+              recovering accuracy at that sparsity.
 """
 from __future__ import annotations
 
@@ -30,6 +44,7 @@ import numpy as np
 import optax
 
 SCHEDULES = ("constant", "decay", "dynamic")
+MODES = ("prox", "grad")
 
 
 class BNL1State(NamedTuple):
@@ -53,7 +68,8 @@ def is_bn_bias(path) -> bool:
 
 
 def bn_scales(params) -> list[jax.Array]:
-    """Every BN scale leaf of a parameter tree."""
+    """Every BN scale leaf of a parameter tree (in YOLOv8 every Conv+BN produces a prunable channel group,
+    so these are the prunable gammas)."""
     return [l for p, l in jax.tree_util.tree_flatten_with_path(params)[0] if is_bn_scale(p)]
 
 
@@ -64,25 +80,34 @@ def sparse_fraction(params, threshold: float) -> jax.Array:
     return below.astype(jnp.float32) / max(sum(s.size for s in scales), 1)
 
 
-def bn_l1(rate: float, *, schedule: str = "constant", total_steps: int | None = None, beta_rate: float = 0.0,
-          target_sparsity: float = 0.5, threshold: float = 1e-2, adapt: float = 1e-3,
+def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | None = None,
+          schedule: str = "constant", total_steps: int | None = None, beta_rate: float = 0.0,
+          target_sparsity: float = 0.5, threshold: float = 1e-2, adapt: float = 1e-3, ramp: float = 0.5,
           min_scale: float = 0.1, max_scale: float = 10.0,
           scale_mask: Callable[[Any], bool] = is_bn_scale,
           bias_mask: Callable[[Any], bool] = is_bn_bias) -> optax.GradientTransformation:
     """L1 on BN scales (network slimming) as a GradientTransformation whose `update` needs `params`.
 
-    rate: lambda at step 0 (1e-4 is the common YOLOv8 setting). beta_rate: L1 on BN biases at
-    beta_rate * lambda(t) / rate (0 disables). total_steps: needed by 'decay'. target_sparsity, threshold,
-    adapt, min_scale, max_scale: the 'dynamic' controller (see module doc). The masks take a key path.
+    mode: 'prox' (chain it after the optimizer; needs learning_rate, a float or a schedule of the update
+    count) or 'grad' (chain it after clipping, before the optimizer). See the module doc for why 'prox' is
+    the one that means the same under every optimizer.
+    rate: lambda at step 0. beta_rate: L1 on BN biases at beta_rate * lambda(t) / rate (0 disables).
+    total_steps: needed by 'decay'; sets the ramp of 'dynamic'. target_sparsity, threshold, adapt, ramp,
+    min_scale, max_scale: the 'dynamic' controller (see module doc). The masks take a key path.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "prox" and learning_rate is None:
+        raise ValueError("mode='prox' needs learning_rate (the optimizer's learning rate or its schedule)")
     if schedule == "decay" and not total_steps:
         raise ValueError("schedule='decay' needs total_steps")
     if rate < 0 or beta_rate < 0:
         raise ValueError(f"rates must be >= 0, got rate={rate}, beta_rate={beta_rate}")
     if schedule == "dynamic" and not 0.0 < target_sparsity <= 1.0:
         raise ValueError(f"target_sparsity must be in (0, 1], got {target_sparsity}")
+    lr_fn = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
     def init(params):
         del params
@@ -98,22 +123,60 @@ def bn_l1(rate: float, *, schedule: str = "constant", total_steps: int | None = 
             progress = jnp.clip(state.count / total_steps, 0.0, 1.0)
             lam = rate * (1.0 - 0.9 * progress)
         else:
-            lam = state.rate * jnp.exp(adapt * (target_sparsity - share) / target_sparsity)
+            wanted = target_sparsity
+            if total_steps:
+                wanted = target_sparsity * jnp.clip(state.count / max(ramp * total_steps, 1.0), 0.0, 1.0)
+            lam = state.rate * jnp.exp(adapt * (wanted - share) / target_sparsity)
             lam = jnp.clip(lam, rate * min_scale, rate * max_scale)
         lam = lam.astype(jnp.float32)
         lam_beta = lam * (beta_rate / rate) if rate > 0 else jnp.asarray(beta_rate, jnp.float32)
 
-        def add(path, g, p):
-            if scale_mask(path):
-                return g + (lam * jnp.sign(p)).astype(g.dtype)
-            if beta_rate > 0 and bias_mask(path):
-                return g + (lam_beta * jnp.sign(p)).astype(g.dtype)
-            return g
+        if mode == "grad":
+            def add(path, g, p):
+                if scale_mask(path):
+                    return g + (lam * jnp.sign(p)).astype(g.dtype)
+                if beta_rate > 0 and bias_mask(path):
+                    return g + (lam_beta * jnp.sign(p)).astype(g.dtype)
+                return g
+            new = jax.tree_util.tree_map_with_path(add, updates, params)
+        else:
+            lr = jnp.asarray(lr_fn(state.count), jnp.float32)
 
-        new = jax.tree_util.tree_map_with_path(add, updates, params)
+            def prox(path, u, p):
+                if scale_mask(path):
+                    t = lr * lam
+                elif beta_rate > 0 and bias_mask(path):
+                    t = lr * lam_beta
+                else:
+                    return u
+                z = p + u
+                shrunk = jnp.sign(z) * jnp.maximum(jnp.abs(z) - t.astype(z.dtype), 0.0)
+                return (shrunk - p).astype(u.dtype)  # p + (0 - p) == 0 exactly: zeros are exact
+            new = jax.tree_util.tree_map_with_path(prox, updates, params)
         return new, BNL1State(optax.safe_increment(state.count), lam, share)
 
     return optax.GradientTransformation(init, update)
+
+
+# The dynamic controller's gain when driven from a TrainConfig: lambda can change 10x in ~46 updates at full
+# error, so a stage of a few hundred updates reaches its target whatever the starting rate's scale.
+DYNAMIC_ADAPT = 0.05
+
+
+def sparsity_transform(cfg, updates_total: int):
+    """The BN-L1 transform a TrainConfig asks for (cfg.sparsity, sparsity_mode, sparsity_schedule,
+    sparsity_target, sparsity_beta): a GradientTransformation for the gradient form, or a callable
+    lr_schedule -> GradientTransformation for the proximal form (what `build_optimizer` chains after the
+    optimizer). The dynamic schedule ramps its wanted share over the first half of `updates_total` and may
+    move lambda within [rate / 100, rate * 100]."""
+    mode = getattr(cfg, "sparsity_mode", "prox")
+    kw = dict(schedule=cfg.sparsity_schedule, total_steps=max(int(updates_total), 1), beta_rate=cfg.sparsity_beta,
+              target_sparsity=cfg.sparsity_target)
+    if cfg.sparsity_schedule == "dynamic":
+        kw.update(adapt=DYNAMIC_ADAPT, min_scale=1e-2, max_scale=1e2)
+    if mode == "grad":
+        return bn_l1(cfg.sparsity, mode="grad", **kw)
+    return lambda lr_schedule: bn_l1(cfg.sparsity, mode="prox", learning_rate=lr_schedule, **kw)
 
 
 def with_sparsity(tx_clip: optax.GradientTransformation, base_tx: optax.GradientTransformation,

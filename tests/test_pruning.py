@@ -308,6 +308,27 @@ def test_budget_search_hits_the_target(tiny_model, base):
         prune(spec, v, Budget(target_gflops=0.01))
 
 
+@pytest.mark.parametrize("base", [None, GroupPolicy(ratio=0.0, round_to=1, min_channels=1)])
+def test_budget_removes_what_sparsity_zeroed_first(base):
+    """prune_below: channels whose every coupled gamma is ~0 go first and for free; the budget search prunes
+    further only when they do not reach the budget, and never keeps a zero channel while removing a live one."""
+    spec = yolov8_spec("s", 10)
+    v, removed = gamma_zeroed(spec, 4, beta_zero=True)
+    full = count_flops(spec, 640)
+    loose = Budget(target_gflops=full, base=base, prune_below=1e-2, round_to=1, min_channels=1)
+    masks = plan(spec, v, loose)
+    assert all((masks[n] == ~removed[n]).all() for n in masks)  # exactly the zeros, though the budget is met
+    without = plan(spec, v, Budget(target_gflops=full, base=base, round_to=1, min_channels=1))
+    assert all(m.all() for m in without.values())                  # (no prune_below: nothing to do)
+    zero_spec, _ = apply_masks(spec, v, masks)
+    target = 0.7 * count_flops(zero_spec, 640)                      # more than the zeros give
+    masks = plan(spec, v, Budget(target_gflops=target, base=base, prune_below=1e-2, round_to=1, min_channels=1))
+    assert not any((masks[n] & removed[n]).any() for n in masks)   # every zero channel is gone ...
+    assert sum((~masks[n] & ~removed[n]).sum() for n in masks) > 0  # ... and live ones too, to meet the budget
+    new_spec, _ = apply_masks(spec, v, masks)
+    assert 0.9 * target <= count_flops(new_spec, 640) <= target
+
+
 def test_prune_is_pure(tiny_model):
     spec, v = tiny_model
     before = jax.tree.map(np.copy, v)

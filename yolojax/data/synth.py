@@ -198,10 +198,11 @@ def _ground(rng, S: int) -> tuple[np.ndarray, list]:
     return img, roads
 
 
-def _scene(rng, S: int):
-    """One image and its objects: (img BGR [S,S,3], classes [N], polygons [N,4,2])."""
+def _scene(rng, S: int, zoom: float = 1.0):
+    """One image and its objects: (img BGR [S,S,3], classes [N], polygons [N,4,2]). zoom: a lower flight
+    (objects `zoom` times larger, 1/zoom as many placed)."""
     img, roads = _ground(rng, S)
-    u = _object_scale(S) * rng.uniform(0.85, 1.2)  # altitude
+    u = _object_scale(S) * zoom * rng.uniform(0.85, 1.2)  # altitude
     objs = []  # (cls, center, theta, L, W)
     occupied = np.zeros((S, S), np.uint8)
 
@@ -242,7 +243,7 @@ def _scene(rng, S: int):
                     L, W = size(cls)
                     ctr = origin + np.array([c * pitch_x, r * pitch_y]) @ _rot(ang).T
                     place(cls, ctr, ang + np.pi / 2 + rng.normal(0, 0.05) + (np.pi if rng.uniform() < 0.5 else 0), L, W)
-    n = int(rng.integers(8, 36) * (S / 256) ** 0.8)
+    n = max(1, int(rng.integers(8, 36) * (S / 256) ** 0.8 / zoom))
     target = len(objs) + n
     tries = 0
     while len(objs) < target and tries < n * 8:
@@ -309,25 +310,28 @@ def _scene(rng, S: int):
     return img, classes, polys
 
 
-def synth_image(seed: int, index: int, imgsz: int):
+def synth_image(seed: int, index: int, imgsz: int, zoom: float = 1.0):
     """Image `index` of the dataset with `seed`: (img BGR uint8 [S,S,3], classes int32 [N], polygons [N,4,2])."""
     rng = np.random.default_rng([int(seed), int(index), 0x5A17])
-    return _scene(rng, imgsz)
+    return _scene(rng, imgsz, zoom)
 
 
 def make_synthetic(out: str | os.PathLike, images: int = 500, imgsz: int = 256, seed: int = 0, obb: bool = False,
-                   val_fraction: float = 0.2, progress: bool = True, quality: int = 92) -> str:
+                   val_fraction: float = 0.2, progress: bool = True, quality: int = 92, zoom: float = 1.0) -> str:
     """Write the synthetic dataset as a YOLO dataset under `out`; returns the path of out/data.yaml.
 
     images/{train,val}/*.jpg and labels/{train,val}/*.txt (`cls cx cy w h` normalized, or with obb=True
     `cls x1 y1 ... x4 y4` of the rotated rectangles). The last round(images * val_fraction) images (at
     least 1 when images > 1 and val_fraction > 0) form val; with none, val is the train folder.
-    Same (images, imgsz, seed, obb) -> identical files.
+    zoom > 1 flies lower: objects zoom times larger, fewer per image. Same (images, imgsz, seed, obb, zoom)
+    -> identical files.
     """
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
     if imgsz < 64:
         raise ValueError(f"imgsz must be >= 64, got {imgsz}")
+    if not 0.25 <= zoom <= 8:
+        raise ValueError(f"zoom must be in [0.25, 8], got {zoom}")
     out = os.fspath(out)
     n_val = int(round(images * val_fraction))
     if images > 1 and val_fraction > 0:
@@ -338,7 +342,7 @@ def make_synthetic(out: str | os.PathLike, images: int = 500, imgsz: int = 256, 
         os.makedirs(os.path.join(out, "labels", split), exist_ok=True)
     for i in tqdm(range(images), desc="synth", unit="img", disable=not progress):
         split = "train" if i < n_train else "val"
-        img, classes, polys = synth_image(seed, i, imgsz)
+        img, classes, polys = synth_image(seed, i, imgsz, zoom)
         stem = f"synth_{i:06d}"
         cv2.imwrite(os.path.join(out, "images", split, stem + ".jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, quality])
         lines = []
@@ -354,7 +358,7 @@ def make_synthetic(out: str | os.PathLike, images: int = 500, imgsz: int = 256, 
            "names": dict(enumerate(NAMES))}
     path = os.path.join(out, "data.yaml")
     with open(path, "w") as f:
-        f.write(f"# yolojax synthetic aerial dataset: {images} images, {imgsz} px, seed {seed}"
+        f.write(f"# yolojax synthetic aerial dataset: {images} images, {imgsz} px, seed {seed}, zoom {zoom:g}"
                 f"{', oriented boxes' if obb else ''}\n")
         yaml.safe_dump(cfg, f, sort_keys=False)
     return path

@@ -37,6 +37,7 @@ class TrainConfig:
     max_boxes: int | None = None
     # sparsity training (network slimming): L1 on BN gammas
     sparsity: float = 0.0
+    sparsity_mode: str = "prox"   # prox: proximal step after the optimizer (lr-scaled); grad: sign(gamma) gradient
     sparsity_schedule: str = "constant"
     sparsity_target: float = 0.5
     sparsity_beta: float = 0.0

@@ -2,8 +2,9 @@
 
 Groups (as Ultralytics): conv/linear kernels (weight decay), BN scales (no decay), all biases incl. BN betas
 (no decay, warmup lr starting from warmup_bias_lr). Chain: [accumulate] -> clip_by_global_norm(10) ->
-[extra transforms, e.g. BN-L1 sparsity, which must come after clipping so clipping cannot swallow it]
--> per-group SGD(Nesterov)/AdamW.
+[extra transforms on the gradient, e.g. BN-L1 sparsity's gradient form, which must come after clipping so
+clipping cannot swallow it] -> per-group SGD(Nesterov)/AdamW -> [post-update transforms that need the
+learning rate, e.g. BN-L1's proximal form].
 """
 from __future__ import annotations
 
@@ -56,8 +57,14 @@ def make_schedules(cfg: TrainConfig, updates_per_epoch: int, lr0: float, momentu
 
 
 def build_optimizer(cfg: TrainConfig, params: Any, *, steps_per_epoch: int, nc: int,
-                    extra: optax.GradientTransformation | None = None) -> tuple[optax.GradientTransformation, dict]:
-    """The full optax chain and a dict of schedules for logging ({'lr': fn, 'momentum': fn, ...})."""
+                    extra: optax.GradientTransformation | Callable | None = None
+                    ) -> tuple[optax.GradientTransformation, dict]:
+    """The full optax chain and a dict of schedules for logging ({'lr': fn, 'momentum': fn, ...}).
+
+    extra: a GradientTransformation acts on the clipped gradient before the optimizer; a callable
+    `lr_schedule -> GradientTransformation` is built with the BN group's learning-rate schedule (a function of
+    the optimizer update count) and chained after the optimizer (a proximal step on its update).
+    """
     name, lr0, momentum = cfg.resolve_optimizer(steps_per_epoch, nc)
     k = cfg.accumulate()
     updates_per_epoch = max(steps_per_epoch // k, 1)
@@ -79,10 +86,13 @@ def build_optimizer(cfg: TrainConfig, params: Any, *, steps_per_epoch: int, nc: 
                                                          eps=1e-8, weight_decay=decay)
         raise ValueError(f"unknown optimizer {name!r}; expected sgd, adamw or auto")
 
+    post = extra if callable(extra) else None
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-    if extra is not None:
+    if extra is not None and post is None:
         parts.append(extra)
     parts.append(optax.multi_transform({g: group(g) for g in ("decay", "bn", "bias")}, param_labels))
+    if post is not None:
+        parts.append(post(lrs["bn"]))
     tx = optax.chain(*parts)
     if k > 1:
         # Ultralytics sums the gradients of `accumulate` batches (loss x batch size each) before a step
