@@ -26,12 +26,22 @@ data-parallel sharding and inside `jax.jit`.
 Schedules (progress = step / total_steps, clipped to [0, 1]):
     constant  lambda(t) = rate
     decay     lambda(t) = rate * (1 - 0.9 * progress)      (the seed paper's recipe, per step)
-    dynamic   a controller that drives the share of |gamma| < threshold toward `target_sparsity`: the share it
-              asks for rises linearly to the target over the first `ramp` of total_steps (at once without
-              total_steps) and then holds; lambda <- lambda * exp(adapt * (wanted - share) / target), kept
-              within [rate * min_scale, rate * max_scale]. Below the wanted share lambda grows geometrically,
-              above it lambda falls, so the stage reaches the target and then spends its remaining steps
-              recovering accuracy at that sparsity.
+    dynamic   drives the share of |gamma| < threshold to `target_sparsity`.
+              prox (with total_steps): the L1 threshold of each update is set so that the target quantile
+              of |gamma| (the gamma below which `target_sparsity` of them lie) follows a path from its value
+              at step 0 down to exactly 0, falling in proportion to the learning rate spent, over the first
+              `ramp` of total_steps; afterwards the path stays at 0, so the `target_sparsity` least-pulled
+              gammas are exact zeros at every update while the rest of the stage recovers accuracy (a zero
+              whose data gradient pulls harder than a live gamma's takes its place: a soft threshold, not a
+              frozen mask). Per update: tau = max(q(|gamma + update|) - wanted, lr * rate), applied as the
+              proximal step; lambda = tau / lr is what the state reports. rate is the floor of lambda,
+              max_lambda its ceiling (the target is then reached later, as fast as the ceiling allows).
+              grad (or without total_steps): a multiplicative controller, the share it asks for rising
+              linearly to the target over the first `ramp` of total_steps (at once without total_steps);
+              lambda <- lambda * exp(adapt * (wanted - share) / target), within [rate * min_scale,
+              rate * max_scale]. It has to wait for gammas to travel to the threshold before the share moves,
+              so it lags and overshoots on short stages: the prox controller steers the quantile instead,
+              which moves at once.
 """
 from __future__ import annotations
 
@@ -51,6 +61,8 @@ class BNL1State(NamedTuple):
     count: jax.Array       # int32 step counter
     rate: jax.Array        # float32 lambda used at the last update (the dynamic schedule's controller state)
     sparsity: jax.Array    # float32 share of |gamma| < threshold seen at the last update
+    start: jax.Array = jnp.zeros((), jnp.float32)   # prox+dynamic: the target quantile of |gamma| at step 0
+    cum_lr: jax.Array = jnp.zeros((), jnp.float32)  # prox+dynamic: learning rate summed over the updates so far
 
 
 def _key(k) -> str:
@@ -83,7 +95,8 @@ def sparse_fraction(params, threshold: float) -> jax.Array:
 def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | None = None,
           schedule: str = "constant", total_steps: int | None = None, beta_rate: float = 0.0,
           target_sparsity: float = 0.5, threshold: float = 1e-2, adapt: float = 1e-3, ramp: float = 0.5,
-          min_scale: float = 0.1, max_scale: float = 10.0,
+          min_scale: float = 0.1, max_scale: float = 10.0, max_lambda: float | None = None,
+          weights: dict[str, Any] | None = None,
           scale_mask: Callable[[Any], bool] = is_bn_scale,
           bias_mask: Callable[[Any], bool] = is_bn_bias) -> optax.GradientTransformation:
     """L1 on BN scales (network slimming) as a GradientTransformation whose `update` needs `params`.
@@ -93,7 +106,11 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
     the one that means the same under every optimizer.
     rate: lambda at step 0. beta_rate: L1 on BN biases at beta_rate * lambda(t) / rate (0 disables).
     total_steps: needed by 'decay'; sets the ramp of 'dynamic'. target_sparsity, threshold, adapt, ramp,
-    min_scale, max_scale: the 'dynamic' controller (see module doc). The masks take a key path.
+    min_scale, max_scale: the 'dynamic' controller (see module doc). max_lambda: the prox+dynamic controller's
+    ceiling (under Adam, lambda >= 1 outweighs any data pull: every gamma shrinks alike). The masks take a key
+    path. weights (prox only): per-channel L1 weights, {'model_0/bn/scale': array, ...} keyed by the path of
+    the BN scale in the model's parameters: the adaptive lasso (penalty lambda * sum w_i |gamma_i|, see
+    `adaptive_weights`); a channel's threshold is tau * w_i and the dynamic target counts |gamma| / w.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -108,16 +125,54 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
     if schedule == "dynamic" and not 0.0 < target_sparsity <= 1.0:
         raise ValueError(f"target_sparsity must be in (0, 1], got {target_sparsity}")
     lr_fn = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+    quantile = mode == "prox" and schedule == "dynamic" and bool(total_steps)
+    if quantile:
+        ramp_steps = max(int(round(ramp * total_steps)), 1)
+        # the wanted quantile falls in proportion to the learning rate spent: lr summed over the ramp
+        lr_ramp = float(np.broadcast_to(np.asarray(lr_fn(jnp.arange(ramp_steps)), np.float64), (ramp_steps,)).sum())
+        lr_ramp = max(lr_ramp, 1e-12)
 
     def init(params):
         del params
-        return BNL1State(jnp.zeros((), jnp.int32), jnp.asarray(rate, jnp.float32), jnp.zeros((), jnp.float32))
+        return BNL1State(jnp.zeros((), jnp.int32), jnp.asarray(rate, jnp.float32), jnp.zeros((), jnp.float32),
+                         jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+    def weight_of(path):
+        if weights is None:
+            return None
+        key = "/".join(_key(k) for k in path)
+        for k in (key, key.split("/", 1)[-1]):  # the model's own path, or under a wrapper ({'model': params})
+            if k in weights:
+                return jnp.asarray(weights[k], jnp.float32)
+        raise KeyError(f"bn_l1: no L1 weight for {key}")
+
+    def target_threshold(updates, params, state, lr):
+        """(tau, q0, cum_lr): the proximal threshold that puts the target quantile of |gamma| (of |gamma| / w
+        with weights) on its path."""
+        z = [(jnp.abs(p + u) / (1.0 if weight_of(path) is None else weight_of(path))).reshape(-1)
+             for (path, u), p in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(params))
+             if scale_mask(path)]
+        z = jnp.concatenate(z).astype(jnp.float32)
+        k = min(max(int(np.ceil(target_sparsity * z.size)), 1), z.size)
+        q = jnp.sort(z)[k - 1]
+        q0 = jnp.where(state.count == 0, q, state.start)
+        cum = state.cum_lr + lr
+        wanted = q0 * (1.0 - jnp.clip(cum / lr_ramp, 0.0, 1.0))
+        tau = jnp.maximum(q - wanted, lr * rate)
+        if max_lambda is not None:
+            tau = jnp.minimum(tau, lr * max_lambda)
+        return tau, q0, cum
 
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("bn_l1 needs params: call tx.update(grads, opt_state, params)")
         share = sparse_fraction(params, threshold)
-        if schedule == "constant":
+        start, cum_lr = state.start, state.cum_lr
+        if quantile:
+            lr = jnp.asarray(lr_fn(state.count), jnp.float32)
+            tau, start, cum_lr = target_threshold(updates, params, state, lr)
+            lam = tau / jnp.maximum(lr, 1e-12)
+        elif schedule == "constant":
             lam = jnp.asarray(rate, jnp.float32)
         elif schedule == "decay":
             progress = jnp.clip(state.count / total_steps, 0.0, 1.0)
@@ -141,10 +196,12 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
             new = jax.tree_util.tree_map_with_path(add, updates, params)
         else:
             lr = jnp.asarray(lr_fn(state.count), jnp.float32)
+            t_scale = tau if quantile else lr * lam
 
             def prox(path, u, p):
                 if scale_mask(path):
-                    t = lr * lam
+                    w = weight_of(path)
+                    t = t_scale if w is None else t_scale * w
                 elif beta_rate > 0 and bias_mask(path):
                     t = lr * lam_beta
                 else:
@@ -153,7 +210,7 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
                 shrunk = jnp.sign(z) * jnp.maximum(jnp.abs(z) - t.astype(z.dtype), 0.0)
                 return (shrunk - p).astype(u.dtype)  # p + (0 - p) == 0 exactly: zeros are exact
             new = jax.tree_util.tree_map_with_path(prox, updates, params)
-        return new, BNL1State(optax.safe_increment(state.count), lam, share)
+        return new, BNL1State(optax.safe_increment(state.count), lam, share, start, cum_lr)
 
     return optax.GradientTransformation(init, update)
 
@@ -163,20 +220,78 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
 DYNAMIC_ADAPT = 0.05
 
 
-def sparsity_transform(cfg, updates_total: int):
+def taylor_importance(spec, variables, dataset, imgsz: int, *, batches: int = 8, batch: int = 16, seed: int = 0,
+                      workers: int = 2) -> dict[str, np.ndarray]:
+    """First-order Taylor importance of every BN channel (Molchanov et al. 2019): the RMS over `batches`
+    training batches (letterboxed, no augmentation) of gamma * dL/dgamma, the loss change removing the
+    channel's scale would cause to first order. {'model_0/bn/scale': [cout], ...}."""
+    from yolojax.data.loader import Loader
+    from yolojax.loss import detection_loss
+    from yolojax.loss.obb import obb_loss
+    from yolojax.model.yolov8 import YOLOv8
+    model = YOLOv8(spec)
+    task_loss = obb_loss if spec.task == "obb" else detection_loss
+
+    @jax.jit
+    def grads(params, stats, batch):
+        def loss_fn(p):
+            x = batch["images"].astype(jnp.float32) / 255.0
+            (preds, _), _ = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            return task_loss(preds, batch, nc=spec.nc, reg_max=spec.reg_max)[0]
+        return jax.grad(loss_fn)(params)
+
+    keys = ("images", "boxes", "classes", "mask", "ignore", "obb")
+    loader = Loader(dataset, min(batch, len(dataset)), imgsz, augment=False, shuffle=True, drop_last=True,
+                    seed=seed, workers=workers)
+    flat_p = {"/".join(_key(k) for k in path): np.asarray(v, np.float64)
+              for path, v in jax.tree_util.tree_flatten_with_path(variables["params"])[0] if is_bn_scale(path)}
+    acc = {k: np.zeros_like(v) for k, v in flat_p.items()}
+    n = 0
+    try:
+        for b in loader:
+            g = grads(variables["params"], variables["batch_stats"], {k: jnp.asarray(b[k]) for k in keys if k in b})
+            for path, v in jax.tree_util.tree_flatten_with_path(g)[0]:
+                if is_bn_scale(path):
+                    k = "/".join(_key(x) for x in path)
+                    acc[k] += (flat_p[k] * np.asarray(v, np.float64)) ** 2
+            n += 1
+            if n >= batches:
+                break
+    finally:
+        loader.close()
+    return {k: np.sqrt(v / max(n, 1)) for k, v in acc.items()}
+
+
+def adaptive_weights(importance: dict[str, np.ndarray], power: float = 2.0, bounds=(1e-2, 1e2)
+                     ) -> dict[str, np.ndarray]:
+    """Adaptive-lasso weights (Zou 2006) from channel importances: w = (median / importance) ** power, clipped
+    to `bounds`, so the median channel has weight 1, a channel 10x as important 1/100 (it barely shrinks) and
+    one 10x less important 100 (it goes first). With weights the L1 reaches its target by removing the
+    channels that matter least instead of shrinking every gamma alike: the demo teacher's gammas all sit near
+    their init of 1, so plain L1 cannot tell them apart within a short stage."""
+    allv = np.concatenate([v.reshape(-1) for v in importance.values()])
+    med = float(np.median(allv[allv > 0])) if (allv > 0).any() else 1.0
+    lo, hi = bounds
+    return {k: np.clip((med / np.maximum(v, 1e-30)) ** power, lo, hi).astype(np.float32)
+            for k, v in importance.items()}
+
+
+def sparsity_transform(cfg, updates_total: int, weights: dict[str, np.ndarray] | None = None):
     """The BN-L1 transform a TrainConfig asks for (cfg.sparsity, sparsity_mode, sparsity_schedule,
     sparsity_target, sparsity_beta): a GradientTransformation for the gradient form, or a callable
     lr_schedule -> GradientTransformation for the proximal form (what `build_optimizer` chains after the
-    optimizer). The dynamic schedule ramps its wanted share over the first half of `updates_total` and may
-    move lambda within [rate / 100, rate * 100]."""
+    optimizer). The dynamic schedule reaches its target over the first half of `updates_total`: for prox, by
+    steering the target quantile of |gamma| to 0 with cfg.sparsity as lambda's floor; for grad, with the
+    multiplicative controller moving lambda within [rate / 100, rate * 100]."""
     mode = getattr(cfg, "sparsity_mode", "prox")
     kw = dict(schedule=cfg.sparsity_schedule, total_steps=max(int(updates_total), 1), beta_rate=cfg.sparsity_beta,
               target_sparsity=cfg.sparsity_target)
     if cfg.sparsity_schedule == "dynamic":
-        kw.update(adapt=DYNAMIC_ADAPT, min_scale=1e-2, max_scale=1e2)
+        kw.update(adapt=DYNAMIC_ADAPT, min_scale=1e-2, max_scale=1e2, ramp=getattr(cfg, "sparsity_ramp", 0.5),
+                  max_lambda=getattr(cfg, "sparsity_max", 0.0) or None)
     if mode == "grad":
         return bn_l1(cfg.sparsity, mode="grad", **kw)
-    return lambda lr_schedule: bn_l1(cfg.sparsity, mode="prox", learning_rate=lr_schedule, **kw)
+    return lambda lr_schedule: bn_l1(cfg.sparsity, mode="prox", learning_rate=lr_schedule, weights=weights, **kw)
 
 
 def with_sparsity(tx_clip: optax.GradientTransformation, base_tx: optax.GradientTransformation,
@@ -256,6 +371,10 @@ class SparsityMonitor:
             self.initial = params
         stats = gamma_stats(params, jax.device_get(trainer.state.opt_state))
         logs.update({f"sparsity/{k}": float(v) for k, v in stats.items() if k != "count"})
+        from tqdm import tqdm
+        lam = f", lambda {stats['lambda']:.3g}" if "lambda" in stats else ""
+        tqdm.write(f"epoch {epoch + 1}: {stats['frac_lt_1e-2']:.1%} of BN gammas below 1e-2 "
+                   f"({stats['frac_lt_1e-3']:.1%} below 1e-3){lam}; detection loss {logs.get('loss', float('nan')):.3f}")
         writer = getattr(trainer, "writer", None)
         if writer is not None:
             g = np.abs(np.concatenate([np.asarray(s).reshape(-1) for s in bn_scales(params)]))

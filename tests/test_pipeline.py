@@ -42,6 +42,14 @@ def test_compress_end_to_end(tmp_path):
     x = np.random.default_rng(0).random((1, 64, 64, 3), np.float32)
     assert np.isfinite(np.asarray(pruned(x)["boxes"])).all()
     assert "| pruned + fine-tuned (KD) |" in (run / "report.md").read_text()
+    # the report says whether each stage did its job, with the sparse stage's share of ~0 gammas
+    assert 0.0 <= report["sparse"]["gamma_below_1e-2"] <= 1.0 and "gamma_below_1e-2" in report["baseline"]
+    checks = report["meta"]["checks"]
+    assert [c["stage"] for c in checks] == ["teacher", "sparse", "pruned", "finetuned"]
+    assert checks[0]["ok"] is None and "cannot be judged" in checks[0]["text"]  # a 1-epoch teacher
+    assert "Did each stage do its job?" in (run / "report.md").read_text()
+    near_zero = json.loads((run / "pruned" / "prune_report.json").read_text())["near_zero"]
+    assert near_zero["removed"] <= near_zero["channels"] and near_zero["removed"] <= near_zero["removed_total"]
     # rerunning skips every finished stage and rewrites the same table
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]

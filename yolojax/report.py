@@ -219,6 +219,14 @@ def write_markdown(report: Mapping, path: Path) -> Path:
                      f"{r['map_medium']:.4f} | {_num(r.get('jax_ms'), 2)} | {_num(r.get('ort_ms'), 2)} | "
                      f"{_num(r.get('ort_fps'), 1)} | {d['params']:+.1f}% | {d['gflops']:+.1f}% | "
                      f"{r['delta']['map50']:+.4f} |")
+    checks = report.get("checks") or []
+    if checks:
+        lines += ["", "## Did each stage do its job?", ""]
+        lines += [f"- {'✅' if c.get('ok') else ('❌' if c.get('ok') is False else '–')} {c['text']}" for c in checks]
+    if any("gamma_below_1e-2" in r for r in st.values()):
+        lines += ["", "Share of prunable BN gammas below 1e-2: " +
+                  ", ".join(f"{k} {r['gamma_below_1e-2']:.1%}" for k, r in st.items() if "gamma_below_1e-2" in r)
+                  + "."]
     lines += ["", "GFLOPs at the report's image size (Ultralytics' definition); at 640 px: " +
               ", ".join(f"{k} {r['gflops_640']:.2f}" for k, r in st.items()) + ".", "", "## Plots", ""]
     for key, rel in report["plots"].items():
