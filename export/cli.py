@@ -19,11 +19,36 @@ def _default_out(model: str, fmt: str) -> Path:
     return Path(f"{p.name}{suffix}")
 
 
+# What an export may replace without --force: its own kind of artefact from an earlier export.
+_OWN_SUFFIXES = {"onnx": (".onnx",), "engine": (".engine", ".plan", ".trt")}
+
+
+def _check_output(out: Path, fmt: str, force: bool) -> None:
+    """Refuse to replace what is not an earlier export of the same kind (a folder of the user's files, a .pt)."""
+    from yolojax.errors import OutputExistsError
+    if force or not (out.exists() or out.is_symlink()):
+        return
+    if fmt == "savedmodel":
+        if out.is_dir() and (not any(out.iterdir()) or (out / "saved_model.pb").is_file()):
+            return
+        what = "is not a SavedModel"
+    elif out.is_dir():
+        raise OutputExistsError(f"{out} is a folder: give the {fmt} file to write with -o")
+    elif out.suffix.lower() in _OWN_SUFFIXES[fmt]:
+        return
+    else:
+        what = f"is not a {'/'.join(_OWN_SUFFIXES[fmt])} file"
+    raise OutputExistsError(f"{out} exists and {what}: refusing to replace it (choose another -o, or --force)")
+
+
 def run_export(args) -> int:
     from .benchmark import _load_detector
     from .check import check_onnx, format_report
-    det = _load_detector(args.model)
     out = Path(args.output) if args.output else _default_out(args.model, args.format)
+    _check_output(out, args.format, args.force)
+    if args.format == "engine":
+        _check_output(out.with_suffix(".onnx"), "onnx", args.force)
+    det = _load_detector(args.model)
     check_images = None
     if args.check_images:
         from .images import load_images
@@ -125,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="checkpoint dir, run dir, Ultralytics .pt/.npz, or a variant name (yolov8n)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("-o", "--output", help="output file/dir (default: beside the model)")
+    p.add_argument("--force", action="store_true", help="replace --output even if it is not an earlier export")
     p.add_argument("--imgsz", type=int, default=640, help="input size (square, multiple of 32)")
     p.add_argument("--batch", type=int, default=1, help="fixed batch size (ignored with --dynamic)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension")

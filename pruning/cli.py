@@ -94,6 +94,20 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_output(out: Path, source: str, force: bool) -> None:
+    """OUT may be new, empty, or a checkpoint to replace, but never the model being pruned (or a folder
+    holding it): the atomic save would delete the input."""
+    from yolojax.checkpoint import check_replaceable
+    from yolojax.errors import OutputExistsError
+    if force:
+        return
+    check_replaceable(out)
+    src, o = Path(source).resolve(), out.resolve()
+    if o in (src, src / "best", src / "last") or src.is_relative_to(o):
+        raise OutputExistsError(f"-o {out} would replace the model being pruned ({source}): choose another -o, or "
+                                f"--force")
+
+
 def cmd_prune(args) -> int:
     from yolojax import load
     from yolojax.checkpoint import save_model
@@ -101,6 +115,8 @@ def cmd_prune(args) -> int:
     from .prune import prune, prune_report
 
     policy = make_policy(args)
+    out = Path(args.output)
+    _check_output(out, args.checkpoint, args.force)
     det = load(args.checkpoint)
     new_spec, new_vars = prune(det.spec, det.variables, policy)
     report = prune_report(det.spec, new_spec, args.imgsz)
@@ -109,8 +125,7 @@ def cmd_prune(args) -> int:
               **{k: report[k] for k in ("params_before", "params_after", "gflops_before", "gflops_after")}}
     meta = {k: v for k, v in dict(det.meta).items() if k not in ("saved_at",)}
     meta["pruning"] = list(meta.get("pruning", [])) + [record]
-    out = Path(args.output)
-    save_model(out, new_spec, new_vars, meta)  # atomic: replaces OUT, so the reports are written after it
+    save_model(out, new_spec, new_vars, meta, force=args.force)  # atomic: replaces OUT, so reports come after it
     (out / "prune_report.json").write_text(json.dumps(report, indent=1))
     table = format_table(report)
     (out / "prune_report.txt").write_text(table + "\n")
@@ -129,7 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="structured channel pruning (network slimming, group, layer, budget)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="model to prune: checkpoint/run dir, Ultralytics .pt/.npz")
-    p.add_argument("-o", "--output", required=True, help="output checkpoint directory")
+    p.add_argument("-o", "--output", required=True,
+                   help="output checkpoint directory (absent, empty, or a checkpoint to replace)")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT even if it is not a yolojax checkpoint")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, help="share of channels to remove (0-1)")
     how.add_argument("--threshold", type=float, help="remove channels whose importance (|gamma| summed over coupled BNs) is below")

@@ -16,7 +16,8 @@ def _resolve_spec(model: str, nc: int | None):
     from .api import load
     spec = load(model).spec
     if nc is not None and nc != spec.nc:
-        raise SystemExit(f"{model} has nc={spec.nc}; --nc {nc} only applies to variant names")
+        from .errors import UserError
+        raise UserError(f"{model} has nc={spec.nc}; --nc {nc} only applies to variant names")
     return spec
 
 
@@ -41,10 +42,14 @@ def cmd_info(args) -> int:
 
 def cmd_convert(args) -> int:
     from .api import from_ultralytics
+    from .checkpoint import check_replaceable, is_model_dir, save_model
+    if not args.force:
+        check_replaceable(args.outdir)  # before the import: say it now, not after the work
+    replaced = is_model_dir(args.outdir)
     det = from_ultralytics(args.weights)
-    det.save(args.outdir, source=str(args.weights))
-    print(f"wrote {args.outdir}: yolov8{det.spec.variant} nc={det.spec.nc} task={det.spec.task}, "
-          f"{det.num_params():,} parameters")
+    save_model(args.outdir, det.spec, det.variables, {**det.meta, "source": str(args.weights)}, force=args.force)
+    print(f"wrote {args.outdir}{' (replacing the checkpoint there)' if replaced else ''}: yolov8{det.spec.variant} "
+          f"nc={det.spec.nc} task={det.spec.task}, {det.num_params():,} parameters")
     return 0
 
 
@@ -58,5 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("convert", help="Ultralytics .pt / state_dict .npz -> yolojax checkpoint")
     p.add_argument("weights", type=Path)
-    p.add_argument("outdir", type=Path)
+    p.add_argument("outdir", type=Path, help="new checkpoint folder (absent, empty, or a checkpoint to replace)")
+    p.add_argument("--force", action="store_true", help="replace OUTDIR even if it is not a yolojax checkpoint")
     p.set_defaults(func=cmd_convert)

@@ -154,6 +154,7 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     """Run every stage; returns the report dict (also written to RUNDIR/report.json and report.md)."""
     from .api import load
     from .data import load_dataset
+    from .data.readers import SplitNotFoundError
     from .model.spec import SCALES
     from .train.cli import default_data
 
@@ -170,7 +171,7 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     train = load_dataset(data, "train")
     try:
         val = load_dataset(data, "val")
-    except ValueError:
+    except SplitNotFoundError:  # a val split that is declared but missing is an error, not a fallback
         _say("no val split: validating on the training images")
         val = train
 

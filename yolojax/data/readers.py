@@ -51,6 +51,11 @@ CLIP_REPORT_PX = 1.0
 IGNORE_CLASS = -1
 
 
+class SplitNotFoundError(ValueError):
+    """The dataset defines no such split (no `val:` key, no images/val folder). A split that is defined but
+    missing or empty raises a plain ValueError: a caller may fall back on another split only in this case."""
+
+
 # ---------------------------------------------------------------------------------------------- rows
 
 class _Rows:
@@ -474,8 +479,8 @@ def load_yolo(path: str, split: str = "train", *, names: Sequence[str] | None = 
         cfg = read_data_yaml(path)
         sources = cfg.get(split)
         if not sources:
-            raise ValueError(f"{path}: no {split!r} split (has: "
-                             f"{[k for k in ('train', 'val', 'test') if cfg.get(k)]})")
+            raise SplitNotFoundError(f"{path}: no {split!r} split (has: "
+                                     f"{[k for k in ('train', 'val', 'test') if cfg.get(k)]})")
         images, dirs = _split_images(sources, path, problems)
         root, names = cfg["root"], list(names or cfg["names"])
     else:
@@ -492,7 +497,7 @@ def load_yolo(path: str, split: str = "train", *, names: Sequence[str] | None = 
             src = sub
         elif any(os.path.isdir(os.path.join(imgdir, s)) for s in ("train", "val", "test")):
             have = [s for s in os.listdir(imgdir) if os.path.isdir(os.path.join(imgdir, s))]
-            raise ValueError(f"{path}: no images/{split} folder (found {sorted(have)})")
+            raise SplitNotFoundError(f"{path}: no images/{split} folder (found {sorted(have)})")
         else:
             src = imgdir
         images, dirs = _split_images([src], path, problems)
@@ -540,7 +545,8 @@ def _find_split_dir(path: str, split: str, marker: str) -> str:
         return os.path.join(path, hits[0])
     if not subs:
         raise ValueError(f"{path}: no {marker}/ folder")
-    raise ValueError(f"{path}: no single folder for split {split!r} with {marker}/ (found {subs})")
+    error = ValueError if hits else SplitNotFoundError
+    raise error(f"{path}: no single folder for split {split!r} with {marker}/ (found {subs})")
 
 
 def load_visdrone(path: str, split: str = "train", *, others: str = "drop", malformed: str = "skip",

@@ -2,20 +2,32 @@
 
 The `.pt` reader needs neither torch nor ultralytics and executes no pickled code: a restricted unpickler
 rebuilds tensors (storage + offset + size + stride) and the module tree's parameter and buffer names, and
-refuses every other global with a clear error.
+refuses every other global with a clear error. Sizes, strides and dtypes come from the file, so each tensor's
+extent is checked against its storage before any view is made: a crafted file must not read past a buffer.
 """
 from __future__ import annotations
 
 import collections
+import operator
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import UserError
 from .spec import DETECT, LAYERS, SCALES, Spec, yolov8_spec
+
+
+class StateDictError(UserError, KeyError):
+    """A state_dict whose names are not those of an Ultralytics YOLOv8 (or lack some the spec needs)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message
+        return str(self.args[0]) if self.args else ""
+
 
 # -- key mapping ----------------------------------------------------------------------------------------
 
@@ -37,7 +49,7 @@ def ultralytics_key_to_path(key: str) -> tuple[str, tuple[str, ...]] | None:
     """
     parts = key.split(".")
     if len(parts) < 3 or parts[0] != "model" or not parts[1].isdigit():
-        raise KeyError(f"not an Ultralytics YOLOv8 state_dict key: {key!r}")
+        raise StateDictError(f"not an Ultralytics YOLOv8 state_dict key: {key!r}")
     if parts[-1] == "num_batches_tracked" or parts[2] == "dfl":
         return None
     path, rest = [f"model_{parts[1]}"], parts[2:]
@@ -54,7 +66,7 @@ def ultralytics_key_to_path(key: str) -> tuple[str, tuple[str, ...]] | None:
                 rest = rest[1:]
     leaf = _LEAF.get(tuple(rest))
     if leaf is None:
-        raise KeyError(f"unexpected Ultralytics key {key!r}")
+        raise StateDictError(f"unexpected Ultralytics key {key!r}")
     return leaf[0], tuple(path) + leaf[1:]
 
 
@@ -73,7 +85,7 @@ def spec_from_state_dict(state: Mapping[str, np.ndarray], *, names=()) -> Spec:
     def out_ch(prefix: str) -> int:
         key = f"{prefix}.conv.weight" if f"{prefix}.conv.weight" in state else f"{prefix}.weight"
         if key not in state:
-            raise KeyError(f"state_dict has no {key!r}: not a YOLOv8 detection checkpoint")
+            raise StateDictError(f"state_dict has no {key!r}: not a YOLOv8 detection checkpoint")
         return int(np.shape(state[key])[0])
 
     widths: dict[str, int] = {}
@@ -93,7 +105,7 @@ def spec_from_state_dict(state: Mapping[str, np.ndarray], *, names=()) -> Spec:
                 widths[f"{p}/m_{j}/cv2"] = out_ch(f"{u}.m.{j}.cv2")
                 j += 1
             if j == 0:
-                raise KeyError(f"{u} has no Bottleneck weights")
+                raise StateDictError(f"{u} has no Bottleneck weights")
             b = int(np.shape(state[f"{u}.m.0.cv1.conv.weight"])[1])
             splits[p] = (cv1 - b, b)
     task = "obb" if f"model.{DETECT}.cv4.0.0.conv.weight" in state else "detect"
@@ -156,7 +168,7 @@ def import_state_dict(spec: Spec | None, state: Mapping[str, np.ndarray], *, str
         arr = _as_flax(path[-1], value)
         if full not in flat_expected:
             if strict:
-                raise KeyError(f"{key} -> {'/'.join(full)} has no counterpart in the {spec.variant} spec")
+                raise StateDictError(f"{key} -> {'/'.join(full)} has no counterpart in the {spec.variant} spec")
             continue
         if arr.shape != tuple(flat_expected[full]):
             raise ValueError(f"{key}: shape {tuple(np.shape(value))} (Flax {arr.shape}) does not fit the spec, "
@@ -164,7 +176,7 @@ def import_state_dict(spec: Spec | None, state: Mapping[str, np.ndarray], *, str
         out[full] = arr
     missing = sorted(set(flat_expected) - set(out))
     if missing:
-        raise KeyError(f"state_dict lacks {len(missing)} tensors the spec needs, first: {'/'.join(missing[0])}")
+        raise StateDictError(f"state_dict lacks {len(missing)} tensors the spec needs, first: {'/'.join(missing[0])}")
     variables: dict = {"params": {}, "batch_stats": {}}
     for full, arr in out.items():
         node = variables
@@ -209,8 +221,12 @@ def load_npz_state(path: str | Path) -> dict[str, np.ndarray]:
 
 # -- the restricted .pt reader --------------------------------------------------------------------------
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint's pickle asked for something other than tensors and module trees."""
+
+
+class MalformedCheckpointError(UserError, ValueError):
+    """A checkpoint's tensors do not fit their storage (sizes, strides, offset, dtype): damaged or crafted."""
 
 
 _STORAGE_DTYPES = {
@@ -256,14 +272,52 @@ class _StorageType:
         self.name, self.dtype = name, dtype
 
 
+# The element types a storage may hold (little-endian on disk; `read_pt` refuses other byte orders).
+_ALLOWED_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int64, np.int32, np.int16,
+                                                  np.int8, np.uint8, np.bool_))
+
+
+class _Storage:
+    """One storage of the archive: a read-only 1-D array of its elements. Only `persistent_load` makes these,
+    so `_rebuild_tensor` knows its first argument is a real buffer and not something the pickle built."""
+
+    def __init__(self, array: np.ndarray, key: str):
+        self.array, self.key = array, key
+
+
+def _ints(value, what: str, key: str) -> tuple[int, ...]:
+    try:
+        out = tuple(operator.index(v) for v in value)
+    except TypeError:
+        raise MalformedCheckpointError(f"tensor on storage {key}: {what} {value!r} is not a sequence of "
+                                       f"integers") from None
+    if any(v < 0 for v in out):
+        raise MalformedCheckpointError(f"tensor on storage {key}: negative {what} {out}")
+    return out
+
+
 def _rebuild_tensor(storage, offset, size, stride, *args, **kwargs):
-    array, dtype = storage
-    itemsize = np.dtype(dtype).itemsize
-    if not size:
-        return np.array(array[offset], dtype=dtype)
-    view = np.lib.stride_tricks.as_strided(array[offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride))
-    return np.array(view, dtype=dtype)  # copy: no aliasing of the storage buffer
+    if not isinstance(storage, _Storage):
+        raise MalformedCheckpointError(f"a tensor is rebuilt from {type(storage).__name__}, not from a storage")
+    array, key = storage.array, storage.key
+    (offset,) = _ints((offset,), "offset", key)
+    size, stride = _ints(size, "size", key), _ints(stride, "stride", key)
+    if len(size) != len(stride):
+        raise MalformedCheckpointError(f"tensor on storage {key}: size {size} and stride {stride} differ in rank")
+    numel = int(np.prod(size, dtype=object))
+    if numel == 0:
+        return np.zeros(size, array.dtype.newbyteorder("="))
+    # the last element a view would touch must lie inside the storage; and no tensor of a checkpoint is larger
+    # than its storage (torch saves no broadcast views), which also bounds the copy below
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= array.size or numel > array.size:
+        reach = (f"reaches element {last} of" if last >= array.size else f"has {numel} elements, more than")
+        raise MalformedCheckpointError(f"tensor on storage {key} (offset {offset}, size {size}, stride {stride}) "
+                                       f"{reach} a storage of {array.size}: the checkpoint is damaged or crafted")
+    item = array.itemsize
+    view = np.lib.stride_tricks.as_strided(array[offset:], shape=size, strides=tuple(st * item for st in stride),
+                                           writeable=False)
+    return np.array(view, dtype=array.dtype.newbyteorder("="))  # copy: no aliasing of the storage buffer
 
 
 def _rebuild_parameter(data, *args, **kwargs):
@@ -271,7 +325,14 @@ def _rebuild_parameter(data, *args, **kwargs):
 
 
 def _numpy_scalar(dtype, data=None):
-    return np.frombuffer(data, dtype=dtype)[0] if data is not None else np.zeros((), dtype)
+    dtype = np.dtype(dtype)
+    if dtype not in _ALLOWED_DTYPES and dtype.newbyteorder("=") not in _ALLOWED_DTYPES:
+        raise MalformedCheckpointError(f"numpy scalar of dtype {dtype} is not a plain number")
+    if data is None:
+        return np.zeros((), dtype)
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dtype.itemsize:
+        raise MalformedCheckpointError(f"numpy scalar of dtype {dtype}: its data is not {dtype.itemsize} bytes")
+    return np.frombuffer(data, dtype=dtype)[0]
 
 
 _SAFE_FUNCTIONS: dict[tuple[str, str], Any] = {
@@ -309,16 +370,38 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"tensors and module trees, so this file may run code when unpickled. It was not executed.")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise UnsafeCheckpointError(f"{self._source}: unexpected persistent id {pid!r}")
-        _, storage_type, key, _location, _numel = pid[:5]
+        _, storage_type, key, _location, numel = pid[:5]
         dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else storage_type
         if dtype is None:
-            raise ValueError(f"{self._source}: bfloat16 tensors are not supported by the reader")
+            raise MalformedCheckpointError(f"{self._source}: bfloat16 tensors are not supported by the reader")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in _ALLOWED_DTYPES:
+            raise MalformedCheckpointError(f"{self._source}: storage {key!r} has element type {storage_type!r}, "
+                                           f"not one of torch's numeric storages")
+        if not isinstance(key, str):
+            raise MalformedCheckpointError(f"{self._source}: storage key {key!r} is not a string")
         if key not in self._storages:
-            raw = self._zf.read(f"{self._prefix}data/{key}")
-            self._storages[key] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-        return self._storages[key], dtype
+            name = f"{self._prefix}data/{key}"
+            try:
+                raw = self._zf.read(name)
+            except KeyError:
+                raise MalformedCheckpointError(f"{self._source}: storage {name} is missing from the archive") from None
+            if len(raw) % dtype.itemsize or (isinstance(numel, int) and len(raw) < numel * dtype.itemsize):
+                raise MalformedCheckpointError(
+                    f"{self._source}: storage {name} holds {len(raw)} bytes, not {numel} x {dtype.itemsize}-byte "
+                    f"{dtype.name} elements: the checkpoint is damaged or crafted")
+            array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+            self._storages[key] = _Storage(array, key)
+        storage = self._storages[key]
+        if storage.array.dtype.newbyteorder("=") != dtype.newbyteorder("="):
+            raise MalformedCheckpointError(f"{self._source}: storage {key} is read as {storage.array.dtype} and as "
+                                           f"{dtype}")
+        return storage
 
 
 def read_pt(path: str | Path) -> dict:
@@ -327,17 +410,31 @@ def read_pt(path: str | Path) -> dict:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a zip-format PyTorch checkpoint (legacy torch.save format?)") from None
+        raise MalformedCheckpointError(f"{path}: not a zip-format PyTorch checkpoint (legacy torch.save "
+                                       f"format?)") from None
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkls) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pkls)}")
+            raise MalformedCheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pkls)}")
         prefix = pkls[0][: -len("data.pkl")]
-        byteorder = zf.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in zf.namelist() else "little"
+        byteorder = zf.read(prefix + "byteorder").decode(errors="replace").strip() \
+            if prefix + "byteorder" in zf.namelist() else "little"
         if byteorder != "little":
-            raise ValueError(f"{path}: big-endian checkpoints are not supported")
+            raise MalformedCheckpointError(f"{path}: byte order {byteorder[:20]!r}: only little-endian checkpoints "
+                                           f"are supported")
         import io
-        return _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix, str(path)).load()
+        try:
+            return _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix, str(path)).load()
+        except MalformedCheckpointError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise MalformedCheckpointError(f"{path}: {e}") from None
+        except (UserError, MemoryError):
+            raise
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, TypeError,
+                AttributeError, IndexError, KeyError) as e:
+            # a truncated or garbled pickle: say which file, not where in the unpickler it broke
+            raise MalformedCheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
 
 
 def _module_state(module: _Record, prefix: str = "") -> dict[str, np.ndarray]:

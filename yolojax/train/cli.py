@@ -4,29 +4,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
 DEFAULT_SYNTH = Path("runs/synth")
 
 
-def default_data(images: int = 400, imgsz: int = 256, seed: int = 0, obb: bool = False) -> Path:
-    """The built-in synthetic aerial dataset (generated once, deterministic; `obb`: oriented labels)."""
+def default_data(images: int = 400, imgsz: int = 256, seed: int = 0, obb: bool = False, zoom: float = 1.0) -> Path:
+    """The built-in synthetic aerial dataset (generated once, deterministic; `obb`: oriented labels; `zoom`:
+    objects that many times larger)."""
     from ..data.synth import make_synthetic
-    out = DEFAULT_SYNTH / f"aerial-{images}-{imgsz}-{seed}{'-obb' if obb else ''}"
+    z = f"-z{zoom:g}" if zoom != 1.0 else ""
+    out = DEFAULT_SYNTH / f"aerial-{images}-{imgsz}-{seed}{z}{'-obb' if obb else ''}"
     if not (out / "data.yaml").exists():
         print(f"generating the built-in synthetic aerial dataset in {out} ...", file=sys.stderr)
-        make_synthetic(out, images=images, imgsz=imgsz, seed=seed, obb=obb)
+        make_synthetic(out, images=images, imgsz=imgsz, seed=seed, obb=obb, zoom=zoom)
     return out / "data.yaml"
 
 
 def _datasets(data: str | None, fmt: str | None, obb: bool = False):
+    """(train, val). Only a dataset that defines no val split validates on its training images; a declared
+    val split that is missing or empty is an error (as in Ultralytics), not a silent fallback."""
     from ..data import load_dataset
+    from ..data.readers import SplitNotFoundError
     path = data or default_data()
     train = load_dataset(path, "train", fmt)
     try:
         val = load_dataset(path, "val", fmt)
-    except ValueError as e:
+    except SplitNotFoundError as e:
         print(f"no validation split ({e}); validating on the training images", file=sys.stderr)
         val = train
     for ds in (train, val):
@@ -62,6 +68,9 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int = 100) -> None:
     p.add_argument("--val-every", dest="val_every", type=int, default=None)
     p.add_argument("--save-every-steps", dest="save_every_steps", type=int, default=None)
     p.add_argument("--sparsity", type=float, default=None, help="L1 rate on BN gammas (network slimming), e.g. 1e-4")
+    p.add_argument("--sparsity-mode", dest="sparsity_mode", choices=["prox", "grad"], default=None,
+                   help="prox (default): proximal L1 step after the optimizer, shrink = lr * rate under any "
+                        "optimizer; grad: rate * sign(gamma) added to the gradient (only L1 under SGD)")
     p.add_argument("--sparsity-schedule", dest="sparsity_schedule", choices=["constant", "decay", "dynamic"], default=None)
     p.add_argument("--sparsity-target", dest="sparsity_target", type=float, default=None)
     p.add_argument("--sparsity-beta", dest="sparsity_beta", type=float, default=None, help="L1 rate on BN betas")
@@ -71,30 +80,96 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int = 100) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-def sparsity_pieces(cfg, updates_total: int, initial_params=None):
+def sparsity_pieces(cfg, updates_total: int, initial_params=None, weights=None):
     """(optax transform, epoch hook) for BN-L1 sparsity training, from the pruning stage (imported only here,
-    at the edge, so the trainer itself does not depend on a later stage)."""
+    at the edge, so the trainer itself does not depend on a later stage). For the proximal form the
+    transform is a callable lr_schedule -> transformation (the trainer chains it after the optimizer)."""
     if not cfg.sparsity:
         return None, None
     from pruning import sparsity as sp
-    tx = sp.bn_l1(cfg.sparsity, schedule=cfg.sparsity_schedule, total_steps=updates_total,
-                  beta_rate=cfg.sparsity_beta, target_sparsity=cfg.sparsity_target)
-    return tx, sp.SparsityMonitor(initial_params)
+    return sp.sparsity_transform(cfg, updates_total, weights), sp.SparsityMonitor(initial_params)
+
+
+def check_args(args) -> None:
+    """Refuse impossible values before any work (one line each, not a ZeroDivisionError or OpenCV assertion)."""
+    from ..errors import UserError
+    rules = {"epochs": (1, None), "batch": (1, None), "imgsz": (32, 32), "nbs": (1, None), "workers": (0, None),
+             "val_every": (1, None), "save_every_steps": (0, None), "close_mosaic": (0, None),
+             "max_det": (1, None)}
+    for name, (low, multiple) in rules.items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if v < low:
+            raise UserError(f"{flag} must be at least {low}, got {v}")
+        if multiple and v % multiple:
+            raise UserError(f"{flag} must be a multiple of {multiple} (the model's largest stride), got {v}")
+    ranges = {"lr0": (0, math.inf, False), "warmup_epochs": (0, math.inf, True), "conf": (0, 1, True),
+              "iou": (0, 1, False)}
+    for name, (low, high, low_ok) in ranges.items():
+        v = getattr(args, name, None)
+        if v is not None and not (math.isfinite(v) and (low < v or (low_ok and v == low)) and v <= high):
+            bounds = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+            raise UserError(f"--{name.replace('_', '-')} must be in {bounds}, got {v}")
+
+
+def _check_rundir(rundir: Path, exist_ok: bool) -> None:
+    """A new run must not mix with, or overwrite, a previous run's checkpoints and logs."""
+    from ..checkpoint import is_model_dir
+    from ..errors import OutputExistsError
+    old = [n for n in ("last", "best", "args.json", "steps.csv") if (rundir / n).exists()]
+    if not old:
+        return
+    if not exist_ok:
+        raise OutputExistsError(f"{rundir} holds a previous run ({', '.join(old)}): continue it with --resume, "
+                                f"choose another -o, or --exist-ok to start over in it")
+    for n in ("last", "best"):
+        d = rundir / n
+        if d.exists() and not is_model_dir(d):
+            raise OutputExistsError(f"{d} exists and is not a yolojax checkpoint: refusing to replace it")
+    import shutil
+    for n in ("last", "best"):
+        if (rundir / n).exists():
+            shutil.rmtree(rundir / n)
+    (rundir / "steps.csv").unlink(missing_ok=True)
+
+
+def _recorded_data(rundir: Path) -> str | None:
+    """The dataset a run trained on: args.json gets it only when a run finishes, so an interrupted run's comes
+    from last/meta.json (None: the built-in synthetic set)."""
+    args_file, meta_file = rundir / "args.json", rundir / "last" / "meta.json"
+    data = json.loads(args_file.read_text()).get("data") if args_file.exists() else None
+    if data is None and meta_file.exists():
+        data = json.loads(meta_file.read_text()).get("data")
+    return None if data in (None, "builtin-synthetic") else data
 
 
 def cmd_train(args) -> int:
+    check_args(args)
     from .distributed import maybe_initialize
     maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+    from ..errors import UserError
     from .trainer import Trainer, resolve_model
     rundir = Path(args.output)
     if args.resume:
+        if not (rundir / "last" / "trainer.json").exists():
+            raise UserError(f"{rundir}: nothing to resume (no last/trainer.json); was a run started there?")
         saved = json.loads((rundir / "last" / "trainer.json").read_text())
         from .config import TrainConfig
         cfg = TrainConfig(**saved["config"])
-        args.data = args.data or json.loads((rundir / "args.json").read_text()).get("data")
+        args.data = args.data or _recorded_data(rundir)
+    else:
+        _check_rundir(rundir, args.exist_ok)
     train, val = _datasets(args.data, args.format)
     if not args.resume:
         cfg = config_from_args(args)
+        if args.lr0 is not None and cfg.optimizer == "auto":
+            # Ultralytics' auto rule picks lr0 too and would drop the one given: honour it, and say what auto chose
+            name, auto_lr0, momentum = cfg.resolve_optimizer(max(len(train) // cfg.batch, 1), train.nc)
+            print(f"--optimizer auto chose {name} (lr0={auto_lr0}, momentum={momentum}); using {name} with the "
+                  f"given --lr0 {cfg.lr0}", file=sys.stderr)
+            cfg = dataclasses.replace(cfg, optimizer=name, momentum=momentum)
     model = str(rundir / "last") if args.resume else args.model
     spec, variables, note = resolve_model(model, train.nc, train.names, cfg.seed)
     updates_total = cfg.epochs * (len(train) // cfg.batch) // cfg.accumulate()
@@ -107,7 +182,14 @@ def cmd_train(args) -> int:
     print(f"{note}; {trainer.opt_info['optimizer']} lr0={trainer.opt_info['lr0']} accumulate="
           f"{trainer.opt_info['accumulate']}; {len(train)} train / {len(val)} val images; devices: "
           f"{len(trainer.mesh.devices.ravel())}", file=sys.stderr)
-    logs = trainer.fit()
+    try:
+        logs = trainer.fit()
+    except KeyboardInterrupt:
+        trainer.close()
+        resumable = (rundir / "last" / "trainer.json").exists()
+        print(f"stopped; resume with --resume (yolojax train --resume -o {rundir})" if resumable else
+              "stopped before the first checkpoint: nothing to resume", file=sys.stderr)
+        return 130
     (rundir / "args.json").write_text(json.dumps({**json.loads((rundir / "args.json").read_text()),
                                                   "data": str(args.data) if args.data else None}, indent=1))
     print(json.dumps({k: v for k, v in logs.items() if k.startswith("val/")}))
@@ -115,8 +197,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_val(args) -> int:
+    check_args(args)
     from ..api import load
     from ..data import load_dataset
+    from ..errors import UserError
     from ..eval.metrics import format_results, plot_pr_curve
     from .validate import run_validation, val_loader
     predict = None
@@ -127,11 +211,14 @@ def cmd_val(args) -> int:
         det = load(args.model)
     data = args.data or default_data()
     ds = load_dataset(data, args.split, args.format)
-    imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
-    loader = val_loader(ds, args.batch, imgsz, args.workers)
+    if not any((~r.ignore).any() for r in ds):
+        # every AP would be 0 (or undefined): a score with no ground truth is not a result
+        raise UserError(f"{ds.root} [{ds.split}]: no labelled objects in its {len(ds)} images: nothing to score")
     obb = det.spec.task == "obb"
     if args.save_dota and not obb:
-        raise SystemExit("--save-dota writes oriented boxes: it needs an OBB model")
+        raise UserError("--save-dota writes oriented boxes: it needs an OBB model")
+    imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
+    loader = val_loader(ds, args.batch, imgsz, args.workers)
     metrics, dets = run_validation(det.spec, det.variables, loader, conf=args.conf, iou=args.iou, predict=predict,
                                    collect=bool(args.save_json or args.save_dota), progress=not args.json)
     loader.close()
@@ -158,26 +245,36 @@ def cmd_val(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    check_args(args)
     import cv2
     import jax
     import numpy as np
     from ..api import load
-    from ..data.imageio import is_image
+    from ..data.imageio import IMG_SUFFIXES, is_image
     from ..data.tiling import predict_tiled
     from ..eval.boxes import scale_boxes
     from ..eval.obb import scale_rboxes
     from ..eval.rotated import rbox_corners
     from ..viz import draw_detections, letterbox_image
+    from ..errors import OutputExistsError, UserError
     from .step import make_predict
+    src = Path(args.source)
+    if not src.exists():
+        raise UserError(f"{src}: no such file or directory")
+    if src.is_file() and not is_image(str(src)):
+        raise UserError(f"{src}: not an image file (expected {', '.join(sorted(IMG_SUFFIXES))})")
+    files = sorted(p for p in src.rglob("*") if is_image(str(p))) if src.is_dir() else [src]
+    if not files:
+        raise UserError(f"{src}: no images found")
+    out = Path(args.save_dir)
+    clobbered = {(out / f"{f.stem}.jpg").resolve() for f in files} & {f.resolve() for f in files}
+    if clobbered:
+        raise OutputExistsError(f"--save-dir {out} would overwrite the input image {sorted(clobbered)[0]}: choose "
+                                f"another --save-dir")
     det = load(args.model)
     obb = det.spec.task == "obb"
     if args.tile and not obb:
-        raise SystemExit("--tile merges oriented boxes across tiles: it needs an OBB model")
-    src = Path(args.source)
-    files = sorted(p for p in src.rglob("*") if is_image(str(p))) if src.is_dir() else [src]
-    if not files:
-        raise SystemExit(f"{src}: no images found")
-    out = Path(args.save_dir)
+        raise UserError("--tile merges oriented boxes across tiles: it needs an OBB model")
     out.mkdir(parents=True, exist_ok=True)
     imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
     predict = jax.jit(make_predict(det.spec, conf=args.conf, iou=args.iou, max_det=args.max_det))
@@ -210,6 +307,9 @@ def cmd_predict(args) -> int:
             {**row, "score": round(float(s), 4), "class": int(c), "name": det.names[int(c)]}
             for row, s, c in zip(rows, scores, classes)]})
         print(f"{f.name}: {len(boxes)} detections", file=sys.stderr)
+    if not results:
+        raise UserError(f"{src}: none of its {len(files)} images could be read" if src.is_dir() else
+                        f"{src}: unreadable image")
     (out / "predictions.json").write_text(json.dumps(results, indent=1))
     print(f"saved {len(results)} images to {out}")
     return 0
@@ -220,6 +320,8 @@ def register(sub) -> None:
     p.add_argument("--model", default="yolov8n", help="variant (yolov8n..x, tiny) or checkpoint/.pt to start from")
     p.add_argument("-o", "--output", default="runs/train", help="run directory (last/, best/, results, tb/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    p.add_argument("--exist-ok", dest="exist_ok", action="store_true",
+                   help="start a new run in an --output that holds one (its last/ and best/ are deleted)")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 

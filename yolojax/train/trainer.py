@@ -23,6 +23,7 @@ import optax
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
+from ..errors import RuntimeFailure
 from ..loss import LossConfig
 from ..model.spec import Spec, yolov8_spec
 from ..model.yolov8 import init_variables
@@ -36,8 +37,50 @@ log = logging.getLogger("yolojax.train")
 TRAIN_STATE_DIR, TRAINER_FILE = "train_state", "trainer.json"
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradients became NaN/inf."""
+class TrainingDiverged(RuntimeFailure, RuntimeError):
+    """The loss or the gradients became NaN/inf, or the run exploded (loss far above its level, huge weights)."""
+
+
+class DivergenceGuard:
+    """Notices an exploding run while its numbers are still finite, so that no exploded weights are saved.
+
+    The step's NaN check sees only the end of an explosion: with a far too large learning rate the loss can
+    climb to 1e12 and the weights to 1e25 for epochs before anything overflows, each epoch saved as `last`.
+    Two signs, both orders of magnitude beyond anything training does: the running (EMA) loss at LOSS_RATIO x
+    the lowest level it has had (a level that fell near zero, as when overfitting, counts as 1/100 of the first
+    loss), and the weights' global norm at WEIGHT_RATIO x the norm this process started from (checked before
+    every save). A single odd batch moves the running level by a tenth only."""
+
+    LOSS_RATIO, WEIGHT_RATIO, ALPHA = 1e3, 1e2, 0.1
+
+    def __init__(self, params):
+        self.ref_norm = self.norm(params)
+        self.level: float | None = None
+        self.first = self.floor = math.inf
+
+    @staticmethod
+    def norm(params) -> float:
+        return math.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(params)))
+
+    def loss(self, loss: float) -> str | None:
+        """Why the run has diverged after a step with this loss (None: it has not)."""
+        if self.level is None:
+            self.level = self.first = loss
+        self.level = (1 - self.ALPHA) * self.level + self.ALPHA * loss
+        self.floor = min(self.floor, self.level)
+        ref = max(self.floor, self.first / 100, 1e-12)
+        if self.level > self.LOSS_RATIO * ref:
+            return (f"the loss exploded: {loss:.4g}, its running level {self.level:.4g} is {self.level / ref:.3g}x "
+                    f"its lowest level {ref:.4g}")
+        return None
+
+    def weights(self, *trees) -> str | None:
+        """Why these weights are not sane (None: they are)."""
+        norm = max(self.norm(t) for t in trees)
+        if not math.isfinite(norm) or norm > self.WEIGHT_RATIO * max(self.ref_norm, 1e-12):
+            return (f"the weights exploded: global norm {norm:.4g}, {norm / max(self.ref_norm, 1e-12):.3g}x the "
+                    f"{self.ref_norm:.4g} the run started from")
+        return None
 
 
 def transfer_weights(spec: Spec, variables: dict, source: dict) -> tuple[dict, int, int]:
@@ -99,7 +142,8 @@ def resolve_model(model: str | Path | Spec | Any, nc: int, names: list[str], see
 class Trainer:
     """Train a spec'd YOLOv8 on a dataset. Construct, then `fit()`.
 
-    extra_tx: optax transformation chained after gradient clipping (e.g. BN-L1 sparsity).
+    extra_tx: optax transformation chained after gradient clipping (e.g. BN-L1 sparsity's gradient form), or a
+    callable lr_schedule -> transformation chained after the optimizer (BN-L1's proximal form).
     extra_loss / teacher / aux: distillation hooks (see step.make_train_step).
     epoch_hooks: callables (trainer, epoch, logs dict) -> None, run after each epoch (e.g. gamma histograms);
     they may add scalars to the logs dict.
@@ -111,7 +155,7 @@ class Trainer:
     val_data: Any | None
     spec: Spec
     variables: dict
-    extra_tx: optax.GradientTransformation | None = None
+    extra_tx: optax.GradientTransformation | Callable | None = None
     extra_loss: Callable | None = None
     teacher: Any = None
     aux: Any = None
@@ -168,6 +212,10 @@ class Trainer:
         if not is_primary():
             return self.rundir / which
         state = jax.device_get(self.state)
+        guard = getattr(self, "_guard", None)
+        why = guard.weights(state.params, state.ema_params) if guard is not None else None
+        if why:  # keep the last sane checkpoint rather than replace it with exploded weights
+            raise self._diverged(f"training diverged before saving {which}/: {why}")
         meta = self._meta(metrics=metrics or {})
         with ckpt.atomic_dir(self.rundir / which) as tmp:
             ckpt.write_model_files(tmp, self.spec, state.ema_variables(), meta)
@@ -191,7 +239,46 @@ class Trainer:
         self.epoch, self.best_fitness = int(info["epoch"]), float(info["best_fitness"])
         self.history = info.get("history", [])
         self.train_loader.restore(info["loader"])
+        self._reconcile_best(info)
         log.info("resumed from %s at epoch %d batch %d", d, info["loader"]["epoch"], info["loader"]["batch"])
+
+    def _reconcile_best(self, info: dict) -> None:
+        """Make best/ agree with the best fitness trainer.json records. `fit` saves best/ before last/, so a kill
+        between the two only makes the resumed run redo that epoch; a run killed between them by an older
+        version, or a deleted best/, leaves a recorded fitness with no (or stale) weights behind it, which later
+        epochs would never beat. Rewrite best/ from last/ when last/ holds that epoch's weights, else lower the
+        recorded best to what best/ holds, so the next improvement writes it."""
+        if not is_primary() or self.best_fitness < 0:
+            return
+        best = self.rundir / "best"
+        meta_file = best / ckpt.META_FILE
+        meta = json.loads(meta_file.read_text()) if ckpt.is_model_dir(best) and meta_file.exists() else {}
+        saved = meta.get("best_fitness")
+        if saved is not None and (math.isclose(float(saved), self.best_fitness, rel_tol=1e-9, abs_tol=1e-12) or
+                                  int(meta.get("epoch", 0)) > self.epoch):
+            return  # consistent, or saved just before a kill in an epoch this run redoes (and so rewrites)
+        row = self.history[-1] if self.history else {}
+        at_best = (info["loader"]["batch"] == 0 and row.get("epoch") == self.epoch and
+                   row.get("val/fitness") is not None and abs(row["val/fitness"] - self.best_fitness) <= 1e-6)
+        if at_best:
+            log.warning("%s: missing or stale; rewriting it from last/ (epoch %d)", best, self.epoch)
+            self.save("best", metrics={k: v for k, v in row.items() if k != "epoch"})
+        else:
+            log.warning("%s: missing or stale and last/ is not the best epoch; best/ will be the best of the epochs "
+                        "from now on", best)
+            self.best_fitness = float(saved) if saved is not None else -1.0
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a diverged run, saying which checkpoint is the last good one (if any)."""
+        info = self.rundir / "last" / TRAINER_FILE
+        if info.exists():
+            pos = json.loads(info.read_text())["loader"]
+            kept = (f"the last good checkpoint, {self.rundir / 'last'} (after {pos['epoch']} epochs + {pos['batch']} "
+                    f"batches), is intact")
+        else:
+            kept = f"there is no last good checkpoint: none was saved in {self.rundir} before this"
+        return TrainingDiverged(f"{what}. {kept[0].upper()}{kept[1:]}. Lower the learning rate, check the data "
+                                f"(`yolojax data check`), or use float32.")
 
     # -- logging -----------------------------------------------------------------------------------------
     @property
@@ -234,16 +321,20 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=loader.state()["batch"], disable=not self.progress,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
         t0 = time.time()
+        if getattr(self, "_guard", None) is None:
+            self._guard = DivergenceGuard(jax.device_get(self.state.params))
         for batch in loader:
             self.state, metrics = self._step(self.state, device_batch(batch, self.data_sharding), self.teacher)
             m = jax.device_get(metrics)
+            where = lambda: f"epoch {self.epoch + 1}, batch {loader.state()['batch']}"  # noqa: E731
             if not bool(m["finite"]):
-                where = f"epoch {self.epoch + 1}, batch {loader.state()['batch']}"
-                raise TrainingDiverged(
-                    f"non-finite loss/gradients at {where} (loss={float(m['loss'])}, "
-                    f"items={ {k: float(v) for k, v in m.items() if k not in ('finite',)} }). The step was not "
-                    f"applied; the last good checkpoint in {self.rundir / 'last'} is intact. Lower the learning "
-                    f"rate, check the data (`yolojax data check`), or use float32.")
+                raise self._diverged(
+                    f"non-finite loss/gradients at {where()} (loss={float(m['loss'])}, "
+                    f"items={ {k: float(v) for k, v in m.items() if k not in ('finite',)} }); the step was not "
+                    f"applied")
+            why = self._guard.loss(float(m["loss"]))
+            if why:
+                raise self._diverged(f"training diverged at {where()}: {why}")
             n += 1
             for k, v in m.items():
                 if k != "finite":
@@ -310,10 +401,12 @@ class Trainer:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.scalar(k if "/" in k else f"train/{k}", v, done)
             self._write_results()
-            self.save("last", position={"epoch": done, "batch": 0, "seed": cfg.seed, "mosaic": None},
-                      metrics=logs)
+            # best/ first: a kill between the two saves then only makes the resumed run redo this epoch, which
+            # rewrites best/; the other order would record a best fitness whose weights were never written
             if improved or (fitness is None and done == cfg.epochs):
                 self.save("best", metrics=logs)
+            self.save("last", position={"epoch": done, "batch": 0, "seed": cfg.seed, "mosaic": None},
+                      metrics=logs)
             if self.progress and "val/map50" in logs:
                 tqdm.write(f"epoch {done}/{cfg.epochs}: loss {logs.get('loss', float('nan')):.3f} "
                            f"mAP50 {logs['val/map50']:.4f} mAP50-95 {logs['val/map50_95']:.4f}")
