@@ -7,7 +7,7 @@ Every arm runs what `yolojax compress` runs, with its defaults (yolojax.pipeline
                 gradient, decay schedule, lambda 1e-3), `prox` the default (proximal step after the optimizer,
                 dynamic lambda driving 50% of the gammas below 1e-2);
   pruning       the default: a GFLOPs budget of half the teacher's, near-zero channels removed first, then
-                the group policy;
+                the global ranking, BN statistics re-estimated;
   fine-tune     the same epochs, learning rate and seed for every method; `none` is plain fine-tuning.
 Numbers are last-epoch values (no selection on the validation set); mean and spread (min..max) over seeds.
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 SPARSITY = {  # arm -> CompressConfig overrides of the sparse stage
     "none": dict(sparsity=0.0),
-    "grad": dict(sparsity=1e-3, sparsity_mode="grad", sparsity_schedule="decay"),
+    "grad": dict(sparsity=1e-3, sparsity_mode="grad", sparsity_schedule="decay", sparsity_beta=0.0),
     "prox": dict(),  # the defaults
 }
 METHODS = ("none", "cwd", "sad", "logit")
@@ -53,20 +53,17 @@ def sparse_arm(cc, arm: str, teacher, train, val, work: Path) -> tuple[object, d
     """The sparse stage of one arm, then the default pruning; (pruned Detector, row)."""
     from pruning.sparsity import gamma_stats
     from yolojax import load
-    from yolojax.pipeline import _prune, _train_stage, sparse_config
-    from yolojax.train.cli import sparsity_pieces
+    from yolojax.pipeline import _prune, _train_stage, sparse_pieces
     d = work / f"sparse_{arm}"
     row = _done(d)
     if row is None:
         t0 = time.time()
         a = dataclasses.replace(cc, **SPARSITY[arm])
-        cfg = sparse_config(a, len(train))
-        updates = max(cfg.epochs * (len(train) // cfg.batch) // cfg.accumulate(), 1)
-        tx, hook = sparsity_pieces(cfg, updates, teacher.variables["params"])
+        cfg, tx, hook = sparse_pieces(a, teacher, train)
         _train_stage(d / "train", cfg, train, val, teacher, extra_tx=tx, hooks=(hook,) if hook else (),
                      progress=False)
         sparse = load(d / "train" / "last")
-        pruned = _prune(a, sparse, d / "pruned")
+        pruned = _prune(a, sparse, d / "pruned", train)
         pr = json.loads((d / "pruned" / "prune_report.json").read_text())
         row = {"sparse": _val(sparse, val, a.imgsz), "gamma_below_1e-2": gamma_stats(sparse.variables["params"])["frac_lt_1e-2"],
                "pruned": _val(pruned, val, a.imgsz), "gflops": pr["gflops_after"], "params": pr["params_after"],
@@ -103,7 +100,7 @@ def markdown(res: dict) -> str:
     lines = [f"# Method ablation: sparsity x distillation ({c['data_name']}, yolov8n at {c['imgsz']} px)", "",
              f"Teacher: {t['source']}, mAP50 {t['map50']:.4f}, mAP50-95 {t['map50_95']:.4f}. Every arm: "
              f"{c['epochs_sparse']} sparse-stage epochs (lambda = 0 for `none`), pruning to half the teacher's "
-             f"GFLOPs (near-zero channels first, then the group policy), {c['epochs_finetune']} fine-tuning epochs "
+             f"GFLOPs (near-zero channels first, then the global ranking), {c['epochs_finetune']} fine-tuning epochs "
              f"(AdamW lr0 {c['lr0']}, batch {c['batch']}); last-epoch numbers on {c['val_images']} validation "
              f"images; fine-tuning seeds {c['seeds']} (mean, and min..max).", "",
              "| sparsity | share of gammas < 1e-2 | sparse mAP50 | GFLOPs | pruned mAP50 (no fine-tune) | "

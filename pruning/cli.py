@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +121,12 @@ def cmd_prune(args) -> int:
     det = load(args.checkpoint)
     new_spec, new_vars = prune(det.spec, det.variables, policy)
     report = prune_report(det.spec, new_spec, args.imgsz)
+    if args.ratio and not (args.target_flops or args.target_params):
+        got = 1.0 - report["channels_after"] / max(report["channels_before"], 1)
+        if got < args.ratio - 0.01:
+            print(f"warning: --ratio {args.ratio:g} not reached: {got:.1%} of the channels removed; every layer "
+                  f"keeps at least --min-channels {args.min_channels} (rounded to --round-to {args.round_to})",
+                  file=sys.stderr)
     record = {"policy": policy.describe(), "source": str(args.checkpoint),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "imgsz": args.imgsz,
               **{k: report[k] for k in ("params_before", "params_after", "gflops_before", "gflops_after")}}

@@ -203,7 +203,8 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
                     w = weight_of(path)
                     t = t_scale if w is None else t_scale * w
                 elif beta_rate > 0 and bias_mask(path):
-                    t = lr * lam_beta
+                    w = weight_of(path[:-1] + (jax.tree_util.DictKey("scale"),)) if weights is not None else None
+                    t = lr * lam_beta if w is None else lr * lam_beta * w
                 else:
                     return u
                 z = p + u

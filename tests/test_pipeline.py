@@ -72,3 +72,16 @@ def test_compress_obb_end_to_end(tmp_path):
     student = yolojax.load(run / "finetune")
     assert student.spec.task == "obb" and student.spec.width_map.keys() >= {"model_22/cv4_0_0"}
     assert (run / "plots" / "predictions.png").exists()
+
+
+def test_convergence_reads_the_trend_not_the_noise():
+    """The teacher check: a plateau with +-0.5-point validation noise is converged, a run still rising 3 points
+    over its last 20% is not (the demo's 45- and 60-epoch teachers gave these shapes)."""
+    from yolojax.pipeline import convergence
+    plateau = [{"epoch": i + 1, "val/map50": 0.86 + (0.005 if i % 3 == 0 else -0.004)} for i in range(60)]
+    c = convergence(plateau)
+    assert c["window"] == 12 and c["converged"] and abs(c["trend"]) < 0.01 and c["spread"] > 0.008
+    rising = [{"epoch": i + 1, "val/map50": 0.6 + 0.003 * i} for i in range(45)]
+    c = convergence(rising)
+    assert not c["converged"] and c["trend"] == pytest.approx(0.024, abs=1e-6)
+    assert convergence([{"epoch": 1, "val/map50": 0.1}]) is None and convergence(None) is None

@@ -445,3 +445,16 @@ def test_cli_prune_writes_a_loadable_checkpoint_and_reports(tmp_path):
     with pytest.raises(SystemExit, match="--threshold works with"):
         _cli(["prune", str(src), "-o", str(tmp_path / "q"), "--threshold", "0.1", "--policy", "layer"])
     assert prune_report(spec, spec)["params_after"] == 3_157_200
+
+
+def test_cli_prune_says_when_the_ratio_is_not_reached(tmp_path, capsys):
+    """--ratio 0.999 stops at the minimum widths: the command says so instead of pretending."""
+    spec = yolov8_spec("n", 10)
+    src = tmp_path / "src"
+    save_model(src, spec, random_variables(spec, 2), {"names": ["a"] * 10})
+    rc, _ = _cli(["prune", str(src), "-o", str(tmp_path / "p"), "--ratio", "0.999", "--policy", "layer", "--json"])
+    assert rc == 0
+    assert "--ratio 0.999 not reached" in capsys.readouterr().err
+    rc, _ = _cli(["prune", str(src), "-o", str(tmp_path / "q"), "--ratio", "0.25", "--policy", "layer",
+                  "--round-to", "1", "--min-channels", "1", "--json"])
+    assert rc == 0 and "not reached" not in capsys.readouterr().err

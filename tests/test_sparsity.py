@@ -221,6 +221,52 @@ def test_dynamic_prox_steers_the_target_quantile_to_exact_zeros():
     assert np.all(np.isfinite(lams)) and max(lams) > 10 * 1e-3  # lambda rose far above its floor to get there
 
 
+def test_adaptive_weights_scale_each_channels_threshold_betas_included():
+    """Adaptive lasso: a channel's proximal threshold is tau * w (betas too, with their gamma's weight), so with
+    no data gradient the low-importance channel (w = 100) reaches exactly 0 while the important one (w = 0.01)
+    barely moves; `adaptive_weights` gives the median channel weight 1."""
+    from pruning.sparsity import adaptive_weights
+    imp = {"m/bn/scale": np.array([1.0, 10.0, 0.1])}
+    w = adaptive_weights(imp)
+    np.testing.assert_allclose(w["m/bn/scale"], [1.0, 0.01, 100.0], rtol=1e-6)
+    params = {"model": {"m": {"bn": {"scale": jnp.ones(3), "bias": jnp.full(3, 0.5)}}}}
+    tx = optax.chain(optax.sgd(0.1), bn_l1(0.01, mode="prox", learning_rate=0.1, beta_rate=0.01, weights=w))
+    st = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for _ in range(10):
+        u, st = tx.update(zeros, st, params)
+        params = optax.apply_updates(params, u)
+    g, b = np.asarray(params["model"]["m"]["bn"]["scale"]), np.asarray(params["model"]["m"]["bn"]["bias"])
+    np.testing.assert_allclose(g[:2], [1.0 - 10 * 0.1 * 0.01, 1.0 - 10 * 0.1 * 0.01 * 0.01], rtol=1e-5)
+    np.testing.assert_allclose(b[:2], [0.5 - 10 * 0.1 * 0.01, 0.5 - 10 * 0.1 * 0.01 * 0.01], rtol=1e-5)
+    assert g[2] == 0.0 and b[2] == 0.0
+    with pytest.raises(KeyError, match="no L1 weight"):
+        bad = bn_l1(0.01, mode="prox", learning_rate=0.1, weights={"other/bn/scale": np.ones(3)})
+        bad.update(zeros, bad.init(params), params)
+
+
+def test_taylor_importance_ranks_a_dead_channel_last():
+    """First-order Taylor importance on real data: a channel whose gamma is 0 has importance 0 (gamma * grad),
+    and the live ones are positive, so its adaptive weight is the largest."""
+    from pruning.sparsity import adaptive_weights, taylor_importance
+    from yolojax.data import load_dataset
+    from yolojax.data.synth import make_synthetic
+    from yolojax.model import init_variables
+    from yolojax.model.spec import tiny_spec
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        ds = load_dataset(make_synthetic(d, images=6, imgsz=64, seed=2, val_fraction=0, progress=False), "train")
+        spec = tiny_spec(10)
+        v = init_variables(spec, 0)
+        v["params"]["model_2"]["cv1"]["bn"]["scale"] = v["params"]["model_2"]["cv1"]["bn"]["scale"].at[0].set(0.0)
+        imp = taylor_importance(spec, v, ds, 64, batches=2, batch=3)
+    assert all(k.startswith("model_") and k.endswith("/bn/scale") for k in imp)  # flat parameter paths
+    x = imp["model_2/cv1/bn/scale"]
+    assert x[0] == 0.0 and (x[1:] > 0).all()
+    w = adaptive_weights(imp)["model_2/cv1/bn/scale"]
+    assert w[0] == pytest.approx(100.0) and (w[1:] < 100.0).all()
+
+
 def test_errors_are_clear():
     with pytest.raises(ValueError, match="schedule must be"):
         bn_l1(1e-4, schedule="cosine")

@@ -166,12 +166,58 @@ def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path:
     _draw_samples({k: models[k] for k in ("baseline", "finetuned") if k in models}, val, cc.imgsz,
                   plots / "predictions.png")
     plot_files = {"predictions": "plots/predictions.png", **{f"pr_{k}": f"plots/pr_{k}.png" for k in stages}}
+    if plot_stage_curves(rundir, plots / "curves.png") is not None:
+        plot_files = {"curves": "plots/curves.png", **plot_files}
     for key, rel in (("gamma_hist", "sparse/gamma_hist.png"), ("channels", "pruned/channels.png")):
         if (Path(rundir) / rel).exists():
             plot_files[key] = rel
     return {"stages": stages, "plots": plot_files, "machine": machine, "imgsz": cc.imgsz,
             "stage_time_s": {k: round(v, 1) for k, v in timings.items()}, "config": vars(cc) if hasattr(cc, "__dict__") else {},
             "cpu_count": os.cpu_count()}
+
+
+def plot_stage_curves(rundir: Path, path: Path) -> Path | None:
+    """Validation mAP50 per epoch of every training stage (teacher, sparse, fine-tune) on one axis, with the
+    sparse stage's share of gammas below 1e-2 on a second: whether the teacher plateaued, what the sparse
+    stage cost and how fine-tuning recovered, at a glance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rundir = Path(rundir)
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    ax2 = None
+    offset, drawn = 0, False
+    for stage, color in (("teacher", "#1f77b4"), ("sparse", "#d62728"), ("finetune", "#2ca02c")):
+        f = rundir / stage / "results.json"
+        if not f.exists():
+            continue
+        rows = [r for r in json.loads(f.read_text()) if "val/map50" in r]
+        if not rows:
+            continue
+        x = [offset + r["epoch"] for r in rows]
+        ax.plot(x, [r["val/map50"] for r in rows], color=color, marker=".", ms=3, label=f"{stage} val mAP50")
+        if stage == "sparse" and "sparsity/frac_lt_1e-2" in rows[0]:
+            ax2 = ax.twinx()
+            ax2.plot(x, [r["sparsity/frac_lt_1e-2"] for r in rows], color="#ff7f0e", ls="--",
+                     label="share of gammas < 1e-2")
+            ax2.set_ylim(0, 1)
+            ax2.set_ylabel("share of BN gammas < 1e-2")
+            ax2.legend(loc="lower right", fontsize=8)
+        offset = x[-1]
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch (stages one after another)")
+    ax.set_ylabel("val mAP50")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower center", fontsize=8)
+    ax.set_title("training curves of the compression stages")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _row(spec, m: Mapping, imgsz: int, count_params, count_flops, count_macs) -> dict:
