@@ -340,7 +340,7 @@ def gamma_histogram_plot(params_before, params_after, path: str | Path, *, title
     bins = np.logspace(np.log10(lo), np.log10(hi), 60)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for arr, label in ((before, "before"), (after, "after")):
-        ax.hist(np.clip(arr, lo, None), bins=bins, alpha=0.55,
+        ax.hist(np.clip(arr, bins[0], None), bins=bins,  # exact zeros land in the first bin (bins[0] may round above lo) alpha=0.55,
                 label=f"{label} (n={arr.size}, {np.mean(arr < 1e-2):.1%} < 1e-2)")
     ax.set_xscale("log")
     ax.set_xlabel("|gamma| (values below the first bin are counted in it)")
