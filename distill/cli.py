@@ -44,8 +44,9 @@ OVERRIDES = {  # CLI dest -> DistillConfig field
 
 def cmd_distill(args) -> int:
     from yolojax import load
-    from yolojax.train.cli import _datasets, config_from_args
+    from yolojax.train.cli import _datasets, check_args, config_from_args
     from yolojax.train.config import TrainConfig
+    check_args(args)  # --batch 0, --imgsz 100, ...: one line, not a ZeroDivisionError
 
     from .train import DistillConfig, distill_finetune, prune_student
 

@@ -203,3 +203,14 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_consistently(tmp_path, synth):
     best = yolojax.load(run / "best")
     assert info["epoch"] == 2 and best.meta["best_fitness"] == info["best_fitness"]
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (("compress", "--batch", "0"), "--batch must be at least 1"),
+    (("compress", "--imgsz", "100"), "--imgsz must be a multiple of 32"),
+    (("compress", "--epochs-sparse", "-1"), "--epochs-sparse must be >= 0"),
+    (("distill", "--teacher", "t", "--student", "s", "--batch", "0"), "--batch must be at least 1"),
+])
+def test_compress_and_distill_refuse_impossible_values(capsys, tmp_path, argv, msg):
+    code, err = _run(capsys, *argv, "-o", str(tmp_path / "out"))
+    assert code == 2 and msg in err and "Traceback" not in err

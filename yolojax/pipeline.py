@@ -503,6 +503,12 @@ def config_from_args(args) -> CompressConfig:
 
 
 def cmd_compress(args) -> int:
+    from .train.cli import check_args
+    check_args(args)  # impossible sizes and rates: one line before any work
+    for name in ("epochs_teacher", "epochs_sparse", "epochs_finetune"):
+        if getattr(args, name) < 0:
+            from .errors import UserError
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     report = run_compress(config_from_args(args), args.output)
     print((Path(args.output) / "report.md").read_text())
     return 0 if report else 1
