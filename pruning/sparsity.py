@@ -61,8 +61,9 @@ class BNL1State(NamedTuple):
     count: jax.Array       # int32 step counter
     rate: jax.Array        # float32 lambda used at the last update (the dynamic schedule's controller state)
     sparsity: jax.Array    # float32 share of |gamma| < threshold seen at the last update
-    start: jax.Array = jnp.zeros((), jnp.float32)   # prox+dynamic: the target quantile of |gamma| at step 0
-    cum_lr: jax.Array = jnp.zeros((), jnp.float32)  # prox+dynamic: learning rate summed over the updates so far
+    # (plain float defaults: an array here would start the XLA backend at import, before jax.distributed)
+    start: jax.Array | float = 0.0    # prox+dynamic: the target quantile of |gamma| at step 0
+    cum_lr: jax.Array | float = 0.0   # prox+dynamic: learning rate summed over the updates so far
 
 
 def _key(k) -> str:

@@ -240,3 +240,12 @@ def test_same_seed_same_numbers_whatever_the_worker_count(tmp_path, synth):
     assert [{k: v for k, v in row.items() if k not in drop} for row in ra] == \
            [{k: v for k, v in row.items() if k not in drop} for row in rb]
     assert "val/map50" in ra[-1] and "sparsity/frac_lt_1e-2" in ra[-1]
+
+
+def test_cli_import_leaves_the_backend_for_jax_distributed():
+    """Building the CLI (every command module imported) must not start the XLA backend: multi-host runs call
+    jax.distributed.initialize after it (an array default in BNL1State once did)."""
+    code = ("from jax._src import xla_bridge as xb\nimport yolojax.cli as c\nc.build_parser()\n"
+            "assert not xb._backends, 'backend started at import'\nprint('OK')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]

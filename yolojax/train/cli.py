@@ -160,7 +160,9 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(**saved["config"])
         args.data = args.data or _recorded_data(rundir)
     else:
-        _check_rundir(rundir, args.exist_ok)
+        from .distributed import is_primary
+        if is_primary():  # the other hosts would see the primary's fresh files as a previous run
+            _check_rundir(rundir, args.exist_ok)
     train, val = _datasets(args.data, args.format)
     if not args.resume:
         cfg = config_from_args(args)
