@@ -130,7 +130,11 @@ def restore_pytree(path: Path, target: Any = None) -> Any:
     """Restore a pytree saved by `save_pytree` (into `target`'s structure if given), verifying its checksums."""
     ckptr = _checkpointer()
     path = Path(path).absolute()
-    tree = ckptr.restore(path) if target is None else ckptr.restore(path, jax.tree.map(np.asarray, target))
+    try:
+        tree = ckptr.restore(path) if target is None else ckptr.restore(path, jax.tree.map(np.asarray, target))
+    except (ValueError, OSError, RuntimeError) as e:  # a damaged chunk can fail to decode before any checksum
+        raise CheckpointCorruptError(f"{path}: could not be read, the checkpoint is damaged ({type(e).__name__}: "
+                                     f"{str(e)[:200]})") from e
     verify_checksums(path, tree)
     return tree
 
