@@ -169,8 +169,8 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
             raise ValueError("bn_l1 needs params: call tx.update(grads, opt_state, params)")
         share = sparse_fraction(params, threshold)
         start, cum_lr = state.start, state.cum_lr
+        lr = jnp.asarray(lr_fn(state.count), jnp.float32) if mode == "prox" else None
         if quantile:
-            lr = jnp.asarray(lr_fn(state.count), jnp.float32)
             tau, start, cum_lr = target_threshold(updates, params, state, lr)
             lam = tau / jnp.maximum(lr, 1e-12)
         elif schedule == "constant":
@@ -196,7 +196,6 @@ def bn_l1(rate: float, *, mode: str = "grad", learning_rate: float | Callable | 
                 return g
             new = jax.tree_util.tree_map_with_path(add, updates, params)
         else:
-            lr = jnp.asarray(lr_fn(state.count), jnp.float32)
             t_scale = tau if quantile else lr * lam
 
             def prox(path, u, p):

@@ -66,7 +66,6 @@ class CompressConfig:
     sparsity_weights: str = "taylor"
     sparsity_ramp: float = 0.6        # the target is reached over the first 60% of the stage
     sparsity_max: float = 0.0         # no ceiling on the dynamic lambda
-    sparse_bn_lr_scale: float = 1.0
     # What to prune (first set wins): a share of channels by `policy`; an absolute GFLOPs budget; a share of the
     # baseline's GFLOPs (default: half). Budgets search the least pruning of `policy` that fits.
     prune_ratio: float | None = None
@@ -145,7 +144,7 @@ def sparse_config(cc: CompressConfig, n_train: int):
     return _train_config(cc, cc.epochs_sparse, n_train, sparsity=cc.sparsity, sparsity_mode=cc.sparsity_mode,
                          sparsity_schedule=cc.sparsity_schedule, sparsity_target=cc.sparsity_target,
                          sparsity_beta=cc.sparsity_beta, warmup_epochs=SPARSE_WARMUP_EPOCHS, ema=False,
-                         bn_lr_scale=cc.sparse_bn_lr_scale, sparsity_max=cc.sparsity_max,
+                         sparsity_max=cc.sparsity_max,
                          sparsity_ramp=cc.sparsity_ramp)
 
 

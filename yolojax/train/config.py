@@ -43,8 +43,6 @@ class TrainConfig:
     sparsity_beta: float = 0.0
     sparsity_ramp: float = 0.5    # dynamic: share of the run over which the target is approached
     sparsity_max: float = 0.0     # dynamic prox: ceiling of lambda (0: none)
-    # learning-rate multiplier of the BN scales (the sparse stage raises it, see docs/pruning.md)
-    bn_lr_scale: float = 1.0
 
     def resolve_optimizer(self, steps_per_epoch: int, nc: int) -> tuple[str, float, float]:
         """(name, lr0, momentum) after Ultralytics' `auto` rule."""

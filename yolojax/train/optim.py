@@ -53,10 +53,7 @@ def make_schedules(cfg: TrainConfig, updates_per_epoch: int, lr0: float, momentu
         frac = jnp.clip(count / warmup, 0.0, 1.0)
         return jnp.where(count < warmup, cfg.warmup_momentum + (momentum - cfg.warmup_momentum) * frac, momentum)
 
-    bn = lr(0.0)
-    if cfg.bn_lr_scale != 1.0:
-        bn = (lambda f, k: (lambda count: k * f(count)))(bn, cfg.bn_lr_scale)
-    return {"decay": lr(0.0), "bn": bn, "bias": lr(cfg.warmup_bias_lr)}, mom, warmup
+    return {"decay": lr(0.0), "bn": lr(0.0), "bias": lr(cfg.warmup_bias_lr)}, mom, warmup
 
 
 def build_optimizer(cfg: TrainConfig, params: Any, *, steps_per_epoch: int, nc: int,
