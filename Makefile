@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
+# test processes (pytest-xdist, one file per worker at a time): the cores, at most 4
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist loadfile --durations=25
 
 .PHONY: venv demo test test-fast lock clean
 
@@ -20,10 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/yolojax compress -o $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt

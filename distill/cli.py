@@ -117,13 +117,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dfl-weight", dest="dfl_weight", type=float, default=None, help="DFL KD (default 1)")
     g.add_argument("--angle-weight", dest="angle_weight", type=float, default=None, help="obb angle KD (default 1)")
     g.add_argument("--logit-tau", dest="logit_tau", type=float, default=None, help="logit KD temperature (default 1)")
-    g.add_argument("--cls-mode", dest="cls_mode", choices=("bce", "kl"), default=None)
+    g.add_argument("--cls-mode", dest="cls_mode", choices=("bce", "kl"), default=None,
+                   help="logit KD on class scores: per-class BCE to the teacher's sigmoid (default) or KL")
     g.add_argument("--anchor-weighting", dest="anchor_weighting", choices=("score", "threshold"), default=None,
                    help="logit KD anchors: weighted by teacher max score (default) or above --score-threshold")
-    g.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
+    g.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
+                   help="--anchor-weighting threshold: teacher score an anchor needs (default 0.25)")
     g.add_argument("--adapters", dest="adapters", action="store_true", default=None,
                    help="1x1 adapters on every scale (default: only where widths differ)")
-    g.add_argument("--no-adapters", dest="adapters", action="store_false")
-    g.add_argument("--adapter-init", dest="adapter_init", choices=("lstsq", "random"), default=None)
+    g.add_argument("--no-adapters", dest="adapters", action="store_false",
+                   help="no adapters (widths must then match)")
+    g.add_argument("--adapter-init", dest="adapter_init", choices=("lstsq", "random"), default=None,
+                   help="adapters start as a least-squares fit on a training batch (default lstsq) or random")
     add_train_args(p)
     p.set_defaults(func=cmd_distill)

@@ -61,7 +61,10 @@ def attention_map(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Spatial attention of [B,H,W,C] -> [B,H*W]: mean over channels of x^2, L2-normalized over positions."""
     b, h, w, _ = x.shape
     a = jnp.mean(jnp.square(_f32(x)), axis=-1).reshape(b, h * w)
-    return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
+    # sqrt(max(|a|^2, eps^2)), not max(norm(a), eps): norm's gradient at a = 0 is 0/0 = NaN even where the max
+    # discards it, and a pruned student's level can be exactly 0 everywhere (all its kept gammas and betas 0)
+    n2 = jnp.sum(jnp.square(a), axis=-1, keepdims=True)
+    return a / jnp.sqrt(jnp.maximum(n2, eps * eps))
 
 
 def sad_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:

@@ -113,11 +113,13 @@ def onnx_candidate(model, imgsz: int, batch: int, half: bool, name: str | None =
         info.update(_model_info(det.spec, imgsz))
     sess = ort_session(path, threads=threads)
     inp = sess.get_inputs()[0]
-    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
+    # symbolic dims: the batch, and the height and width of a graph exported with --dynamic
+    shape = [d if isinstance(d, int) else (batch if i == 0 else imgsz) for i, d in enumerate(inp.shape)]
     if shape[0] != batch:
         raise ValueError(f"{path} has a fixed batch {shape[0]}, not {batch}")
     if shape[2:] != [imgsz, imgsz]:
-        raise ValueError(f"{path} takes {shape[2]}x{shape[3]} images, not --imgsz {imgsz}")
+        raise ValueError(f"{path} takes {shape[2]}x{shape[3]} images (its fixed input shape), not --imgsz {imgsz}: "
+                         f"leave out --imgsz, or export the model again at {imgsz}")
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     feed = {inp.name: x}
     info["threads"] = threads or os.cpu_count()
@@ -126,14 +128,22 @@ def onnx_candidate(model, imgsz: int, batch: int, half: bool, name: str | None =
 
 def tensorrt_candidate(model, imgsz: int, batch: int, half: bool, name: str | None = None) -> Candidate:
     """A serialized engine (.engine/.plan) or an .onnx that is built into one first (needs TensorRT + GPU)."""
-    from .tensorrt import _check, _cudart, build_engine, import_tensorrt
-    trt = import_tensorrt()
-    cudart = _cudart()
+    from yolojax.errors import RuntimeFailure
+
+    from .tensorrt import TensorRTUnavailable, _check, _cudart, build_engine, import_tensorrt
     path = Path(model)
+    if path.suffix not in (".onnx", ".engine", ".plan"):  # said before TensorRT is looked for
+        raise ValueError(f"{model}: the tensorrt backend takes an .engine/.plan or an .onnx file (export one "
+                         f"with `yolojax export {model} --format engine`), or use --backend jax/onnxruntime")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        trt = import_tensorrt()
+        cudart = _cudart()
+    except TensorRTUnavailable as e:
+        raise RuntimeFailure(f"--backend tensorrt: {e}") from e
     if path.suffix == ".onnx":
         path = build_engine(path, path.with_suffix(".engine"), half=half)
-    elif path.suffix not in (".engine", ".plan"):
-        raise ValueError(f"{model}: the tensorrt backend takes an .engine/.plan or an .onnx file")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     ctx = engine.create_execution_context()
@@ -164,8 +174,9 @@ def make_candidate(model, backend: str, **kw) -> Candidate:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "jax":
-        if str(model).endswith(".onnx"):
-            raise ValueError(f"{model}: an .onnx file runs on --backend onnxruntime (or tensorrt), not jax")
+        if str(model).lower().endswith((".onnx", ".engine", ".plan")):
+            raise ValueError(f"{model}: an exported graph runs on --backend onnxruntime (.onnx) or tensorrt, not "
+                             f"jax: give the checkpoint for jax")
         kw.pop("threads", None)
         kw.pop("workdir", None)
         return jax_candidate(model, **kw)
@@ -194,6 +205,7 @@ def time_candidates(cands: Sequence[Candidate], runs: int = 50, warmup: int = 5,
 def summarize(c: Candidate, batch: int) -> dict:
     t = np.asarray(c.times) * 1e3
     return {"model": c.name, **c.info, "batch": batch, "runs": len(t),
+            "p10_ms": round(float(np.percentile(t, 10)), 3),
             "p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
             "p99_ms": round(float(np.percentile(t, 99)), 3), "mean_ms": round(float(t.mean()), 3),
             "min_ms": round(float(t.min()), 3), "fps": round(float(batch * 1e3 / np.percentile(t, 50)), 2)}
@@ -205,7 +217,7 @@ def benchmark(models: Sequence[Any], *, backend: str = "onnxruntime", imgsz: int
     """Time one or two (or more) models interleaved on one backend.
 
     Returns {'backend', 'imgsz', 'batch', 'half', 'runs', 'machine', 'results': [per model: model, backend,
-    p50_ms, p90_ms, p99_ms, mean_ms, min_ms, fps (batch / p50), params, gflops, ...]} plus, for the first
+    p10_ms, p50_ms, p90_ms, p99_ms, mean_ms, min_ms, fps (batch / p50), params, gflops, ...]} plus, for the first
     result, its keys `p50_ms`, `p90_ms`, `fps` at top level, and with two or more models 'ratio_p50'
     (each model's p50 over the first's).
     """
@@ -232,9 +244,11 @@ def format_table(res: dict) -> str:
     lines = [f"{res['backend']} | imgsz {res['imgsz']} | batch {res['batch']} | half {res['half']} | "
              f"{res['runs']} interleaved runs | {m['cpu']} ({m['cores']} cores) | jax {m.get('jax')} "
              f"| onnxruntime {m.get('onnxruntime')}",
-             f"{'model':<40} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'fps':>8} {'GFLOPs':>8} {'ratio':>6}"]
+             f"{'model':<40} {'p10 ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'fps':>8} {'GFLOPs':>8} "
+             f"{'ratio':>6}"]
     for i, r in enumerate(res["results"]):
         ratio = res.get("ratio_p50", [1.0])[i] if "ratio_p50" in res else 1.0
-        lines.append(f"{r['model'][-40:]:<40} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+        lines.append(f"{r['model'][-40:]:<40} {r.get('p10_ms', float('nan')):>9.2f} {r['p50_ms']:>9.2f} "
+                     f"{r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
                      f"{r['fps']:>8.1f} {r.get('gflops', float('nan')):>8.3f} {ratio:>6.3f}")
     return "\n".join(lines)

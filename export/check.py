@@ -12,9 +12,13 @@
    and 3.7e-3 on the Ultralytics reference weights, whose logits reach the hundreds).
    With NMS inside the graph the decoded tensors feeding the NMS are compared as above, and for nms='ort'
    the detections are compared with `yolojax.eval.nms` (numpy reference) on the JAX outputs.
+   A graph with symbolic height and width (`export --dynamic`) is checked at its nominal size (metadata
+   `imgsz`) and at further sizes (`sizes`; default one non-square size and another batch), since a wrong
+   shape computation in the graph shows only at a size it was not traced for.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -172,16 +176,39 @@ def compare_detections(dets: np.ndarray, num: np.ndarray, ref: Mapping[str, np.n
     return {"reference": total, "onnx": n_graph, "matched": matched}
 
 
+def default_check_sizes(h: int, w: int) -> list[tuple[int, int]]:
+    """Extra (h, w) a dynamic-size graph is checked at: half the height (a multiple of 32, non-square)."""
+    return [(max(32, h // 2 // 32 * 32), w)]
+
+
+def _run_graph(proto: onnx.ModelProto, x: np.ndarray, nc: int, nms: str, angle: bool) -> dict[str, np.ndarray]:
+    """The decoded boxes/scores(/angle) of a graph in ONNX Runtime for NCHW input x."""
+    name = proto.graph.input[0].name
+    if nms == "none":
+        out0 = ort_session(proto.SerializeToString()).run(["output0"], {name: x})[0]
+        got = {"boxes": out0[:, :4], "scores": out0[:, 4:4 + nc]}
+        if angle:
+            got["angle"] = out0[:, 4 + nc:]
+        return got
+    names = [BOXES_TENSOR, SCORES_TENSOR] + ([ANGLE_TENSOR] if angle else [])
+    sess = ort_session(_with_outputs(proto, names).SerializeToString())
+    return dict(zip(["boxes", "scores", "angle"], sess.run(names, {name: x})))
+
+
 def check_onnx(model: str | Path | onnx.ModelProto, detector=None, *, images: np.ndarray | None = None,
                batch: int | None = None, atol: float | None = None, rtol: float | None = None, seed: int = 0,
-               reference: Mapping[str, np.ndarray] | None = None, raise_on_fail: bool = False) -> dict:
+               reference: Mapping[str, np.ndarray] | None = None, raise_on_fail: bool = False,
+               sizes: Sequence[tuple[int, int]] | None = None) -> dict:
     """Run every check on an exported graph. `detector`: the yolojax.Detector it came from (parity is skipped,
     and reported so, without one). `images` [B,H,W,3] float in [0,1] (default: seeded uniform noise, B = the
-    graph's batch, or `batch` (default 2) when dynamic). `reference`: precomputed `reference_outputs(detector,
-    images)` (saves a JAX compilation per batch size).
+    graph's batch, or `batch` (default 2) when dynamic; H, W the graph's, or its nominal `imgsz` when they are
+    symbolic). `reference`: precomputed `reference_outputs(detector, images)` (saves a JAX compilation per
+    batch size). `sizes`: for a graph with symbolic height and width, further (h, w) checked on noise with
+    another batch size (default `default_check_sizes`; [] to skip).
 
     Returns {'passed', 'checker', 'shape_inference', 'ops', 'unsupported_ops', 'parity', 'nms', 'errors'};
-    parity: {'max_abs', 'max_rel', 'atol', 'rtol', 'passed', 'groups', 'batch'} or None.
+    parity: {'max_abs', 'max_rel', 'atol', 'rtol', 'passed', 'groups', 'batch', 'size'} or None; with symbolic
+    sizes also 'parity_sizes': the same dict for each extra size.
     """
     path = None if isinstance(model, onnx.ModelProto) else Path(model)
     proto = model if path is None else onnx.load(str(path))
@@ -214,8 +241,14 @@ def check_onnx(model: str | Path | onnx.ModelProto, detector=None, *, images: np
     else:
         inp = proto.graph.input[0]
         dims = _dims(inp)
-        h, w = int(dims[2]), int(dims[3])
         fixed_b = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+        fixed_hw = all(isinstance(d, int) and d > 0 for d in dims[2:4])
+        if fixed_hw:
+            h, w = int(dims[2]), int(dims[3])
+        elif images is not None:
+            h, w = np.shape(images)[1:3]
+        else:
+            h, w = (int(v) for v in json.loads(meta.get("imgsz", "[640, 640]")))
         if images is None:
             n = fixed_b or batch or 2
             images = np.random.default_rng(seed).random((n, h, w, 3), dtype=np.float32)
@@ -228,21 +261,24 @@ def check_onnx(model: str | Path | onnx.ModelProto, detector=None, *, images: np
             raise ValueError(f"graph has a fixed batch {fixed_b}; got {images.shape[0]} check images")
         ref = dict(reference) if reference is not None else reference_outputs(detector, images)
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-        if nms == "none":
-            names = ["output0"]
-            sess = ort_session(proto.SerializeToString())
-            out0 = sess.run(names, {inp.name: x})[0]
-            got = {"boxes": out0[:, :4], "scores": out0[:, 4:4 + detector.spec.nc]}
-            if "angle" in ref:
-                got["angle"] = out0[:, 4 + detector.spec.nc:]
-        else:
-            names = [BOXES_TENSOR, SCORES_TENSOR] + ([ANGLE_TENSOR] if "angle" in ref else [])
-            sess = ort_session(_with_outputs(proto, names).SerializeToString())
-            got = dict(zip(["boxes", "scores", "angle"], sess.run(names, {inp.name: x})))
+        got = _run_graph(proto, x, detector.spec.nc, nms, "angle" in ref)
         report["parity"] = compare(got, ref, atol, rtol)
         report["parity"]["batch"] = int(images.shape[0])
+        report["parity"]["size"] = [int(h), int(w)]
         if not report["parity"]["passed"]:
             errors.append(f"ONNX Runtime vs JAX: {_fmt_groups(report['parity'])}")
+        if not fixed_hw:
+            report["parity_sizes"] = []
+            rng = np.random.default_rng(seed + 1)
+            for k, (sh, sw) in enumerate(default_check_sizes(h, w) if sizes is None else sizes):
+                nb = fixed_b or (1 if images.shape[0] > 1 else 2)
+                xs = rng.random((nb, int(sh), int(sw), 3), dtype=np.float32)
+                r = compare(_run_graph(proto, np.ascontiguousarray(xs.transpose(0, 3, 1, 2)), detector.spec.nc, nms,
+                                       "angle" in ref), reference_outputs(detector, xs), atol, rtol)
+                r.update(batch=nb, size=[int(sh), int(sw)])
+                report["parity_sizes"].append(r)
+                if not r["passed"]:
+                    errors.append(f"ONNX Runtime vs JAX at {sh}x{sw}: {_fmt_groups(r)}")
         if nms == "ort":
             from yolojax.eval.nms import non_max_suppression_numpy
             conf, iou, max_det = float(meta["conf"]), float(meta["iou"]), int(meta["max_det"])
@@ -282,8 +318,10 @@ def format_report(report: Mapping) -> str:
              + (f" (unsupported: {report['unsupported_ops']})" if report["unsupported_ops"] else "")]
     p = report.get("parity")
     if p:
-        lines.append(f"ONNX Runtime vs JAX (batch {p['batch']}, atol {p['atol']:g} or rtol {p['rtol']:g} of scale): "
-                     f"{yes(p['passed'])}: {_fmt_groups(p)}")
+        for q in [p] + list(report.get("parity_sizes") or []):
+            size = f", {q['size'][0]}x{q['size'][1]}" if "size" in q else ""
+            lines.append(f"ONNX Runtime vs JAX (batch {q['batch']}{size}, atol {q['atol']:g} or rtol {q['rtol']:g} "
+                         f"of scale): {yes(q['passed'])}: {_fmt_groups(q)}")
     else:
         lines.append(f"ONNX Runtime vs JAX: skipped ({report.get('parity_skipped', 'n/a')})")
     if report.get("nms"):

@@ -42,13 +42,23 @@ def _check_output(out: Path, fmt: str, force: bool) -> None:
 
 
 def run_export(args) -> int:
+    from yolojax.commands import resolve_imgsz
+    from yolojax.train.cli import check_args
+
     from .benchmark import _load_detector
     from .check import check_onnx, format_report
+    check_args(args)  # --imgsz 100, --batch 0, ...: one line before any work
     out = Path(args.output) if args.output else _default_out(args.model, args.format)
     _check_output(out, args.format, args.force)
     if args.format == "engine":
         _check_output(out.with_suffix(".onnx"), "onnx", args.force)
+    if str(args.model).lower().endswith(".onnx"):
+        from yolojax.errors import UserError
+        raise UserError(f"{args.model} is already an ONNX graph: export the checkpoint it came from")
+    args.imgsz = resolve_imgsz(args.model, args.imgsz, what="export")
     det = _load_detector(args.model)
+    # the training data travels with the graph, so `yolojax val MODEL.onnx` finds it without --data
+    metadata = {"data": str(det.meta["data"])} if det.meta.get("data") else None
     check_images = None
     if args.check_images:
         from .images import load_images
@@ -74,7 +84,7 @@ def run_export(args) -> int:
         from .onnx_emit import export_onnx
         fp32 = onnx_path.with_name(onnx_path.stem + "_fp32.onnx")
         export_onnx(det, fp32, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
-                    nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det)
+                    nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det, metadata=metadata)
         rep = quantize_int8(fp32, onnx_path, det, calib_data=args.calib_data, calib_images=args.calib_images,
                             method=args.calib_method, check_images=check_images, target=args.int8_target,
                             quant_format=args.int8_format, keep_head_float=not args.int8_head,
@@ -86,7 +96,8 @@ def run_export(args) -> int:
     else:
         from .onnx_emit import export_onnx
         export_onnx(det, onnx_path, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, half=args.half,
-                    opset=args.opset, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det)
+                    opset=args.opset, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                    metadata=metadata)
         size = onnx_path.stat().st_size / 1e6
         print(f"wrote {onnx_path} ({size:.1f} MB, opset {args.opset}, {'dynamic' if args.dynamic else args.batch}"
               f" batch, {args.imgsz}px{', fp16' if args.half else ''}{', nms ' + args.nms if args.nms else ''})")
@@ -135,9 +146,46 @@ def _export_savedmodel(det, out: Path, args, check_images) -> int:
     return 0 if res["passed"] else 1
 
 
+def _benchmark_imgsz(models, given: int | None) -> int:
+    """One size for every model, said on stderr: --imgsz, else the models' own (an .onnx graph's input shape,
+    a checkpoint's training size), else 640. Models of different own sizes need --imgsz."""
+    import io
+    from contextlib import redirect_stderr
+
+    from yolojax.commands import resolve_imgsz
+    from yolojax.errors import UserError
+    if given is not None:
+        for m in models:  # a fixed-size graph refuses another size here, in one line
+            with redirect_stderr(io.StringIO()):
+                resolve_imgsz(m, given)
+        print(f"benchmark: imgsz {given} (--imgsz)", file=sys.stderr)
+        return given
+    own = {}
+    for m in models:
+        with redirect_stderr(io.StringIO()) as said:
+            own[m] = resolve_imgsz(m, None)
+        own[m] = (own[m], said.getvalue().strip())
+    sizes = {size for size, _ in own.values()}
+    if len(sizes) > 1:
+        raise UserError("the models have different image sizes (" + ", ".join(f"{m}: {s}" for m, (s, _) in
+                                                                              own.items())
+                        + "): give --imgsz (a fixed-size .onnx runs only at its own)")
+    print(f"benchmark: {own[models[0]][1]}", file=sys.stderr)
+    return sizes.pop()
+
+
 def run_benchmark(args) -> int:
-    from .benchmark import benchmark, format_table
-    res = benchmark(args.models, backend=args.backend, imgsz=args.imgsz, batch=args.batch, half=args.half,
+    from yolojax.train.cli import check_args
+
+    from .benchmark import BACKENDS, benchmark, format_table
+    check_args(args)
+    if args.runs < 1 or args.warmup < 0:
+        from yolojax.errors import UserError
+        raise UserError(f"--runs must be at least 1 and --warmup at least 0, got {args.runs} and {args.warmup}")
+    if args.backend not in BACKENDS:  # argparse's choices guard the CLI; this guards a bad default
+        raise ValueError(f"unknown backend {args.backend!r}; expected one of {BACKENDS}")
+    imgsz = _benchmark_imgsz(args.models, args.imgsz)
+    res = benchmark(args.models, backend=args.backend, imgsz=imgsz, batch=args.batch, half=args.half,
                     runs=args.runs, warmup=args.warmup, threads=args.threads, progress=not args.json)
     print(json.dumps(res, indent=1) if args.json else format_table(res))
     return 0
@@ -148,23 +196,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Export a model. ONNX graphs are checked (onnx.checker, shape inference, "
                                    "TensorRT op allowlist, ONNX Runtime vs JAX) unless --no-check.")
     p.add_argument("model", help="checkpoint dir, run dir, Ultralytics .pt/.npz, or a variant name (yolov8n)")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="what to write")
     p.add_argument("-o", "--output", help="output file/dir (default: beside the model)")
     p.add_argument("--force", action="store_true", help="replace --output even if it is not an earlier export")
-    p.add_argument("--imgsz", type=int, default=640, help="input size (square, multiple of 32)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="input size (square, multiple of 32); default: the size the model was trained at "
+                        "(640 for a variant name or an Ultralytics .pt)")
     p.add_argument("--batch", type=int, default=1, help="fixed batch size (ignored with --dynamic)")
-    p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (as Ultralytics' dynamic export); one graph serves several sizes")
     p.add_argument("--half", action="store_true", help="float16 weights and convs (float32 I/O)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--nms", choices=("ort", "trt"), help="NMS in the graph: ONNX NonMaxSuppression or "
                                                           "TensorRT EfficientNMS_TRT")
     p.add_argument("--conf", type=float, default=0.25, help="NMS score threshold")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--max-det", type=int, default=300, help="most detections per image kept by the graph's NMS")
     p.add_argument("--int8", action="store_true", help="INT8: static Q/DQ (onnx) or TensorRT calibration (engine)")
     p.add_argument("--calib-data", help="calibration images: dir, image list .txt or dataset YAML")
     p.add_argument("--calib-images", type=int, default=256, help="number of calibration images")
-    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="how activation ranges are chosen from the calibration images")
     p.add_argument("--int8-target", choices=("cpu", "tensorrt"), default="cpu",
                    help="cpu: uint8 activations, every op quantized (fast in ONNX Runtime); tensorrt: symmetric "
                         "int8 Q/DQ on convs (what TensorRT reads; slow in ONNX Runtime on x86)")
@@ -174,21 +225,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="quantize the head's final 1x1 convs too (DFL/decode always stay float)")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights: for x86 CPUs without VNNI, where uint8 x int8 products can saturate")
-    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace (GB)")
+    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace in GB")
     p.add_argument("--check-images", help="images for the ONNX Runtime vs JAX check (default: noise)")
     p.add_argument("--no-check", action="store_true", help="skip the checks")
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("benchmark", help="latency p50/p90/p99 and throughput of one or two models",
-                       description="Warm up, then time N interleaved runs of each model on one backend.")
+    p = sub.add_parser("benchmark", help="latency p10/p50/p90/p99 and throughput of one or two models",
+                       description="Warm up, then time N interleaved runs of each model on one backend; "
+                                   "prints the latency percentiles (ms) and throughput (images/s at p50).")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="checkpoint dir, variant name or .onnx file (onnxruntime); two models are compared")
-    p.add_argument("--backend", choices=("jax", "onnxruntime", "tensorrt"), default="onnxruntime")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--half", action="store_true")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: cores)")
+    p.add_argument("--backend", choices=("jax", "onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="runtime: jax (checkpoints and variant names), onnxruntime (.onnx files as they are; "
+                        "checkpoints are exported first), tensorrt (.engine/.plan or .onnx; needs a GPU)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="square input size; default: the models' own (an .onnx graph's input shape, a "
+                        "checkpoint's training size), else 640")
+    p.add_argument("--batch", type=int, default=1, help="images per run")
+    p.add_argument("--half", action="store_true", help="float16 (jax, tensorrt; an .onnx exported with --half)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs of each model (interleaved)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs of each model first")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_benchmark)

@@ -16,16 +16,13 @@ class CalibrationDataError(ValueError):
 
 
 def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114) -> np.ndarray:
-    """Resize keeping the aspect ratio, then pad to `new_shape` (h, w) centred, as Ultralytics' LetterBox
-    (auto=False, scaleup=True). img [H,W,3] uint8 -> [h,w,3] uint8."""
-    h0, w0 = img.shape[:2]
-    r = min(new_shape[0] / h0, new_shape[1] / w0)
-    nh, nw = int(round(h0 * r)), int(round(w0 * r))
-    if (nh, nw) != (h0, w0):
+    """Resize keeping the aspect ratio (cv2.INTER_LINEAR), then pad to `new_shape` (h, w) centred: Ultralytics'
+    LetterBox(auto=False, scaleup=True), pixel for pixel (`yolojax.data.augment.letterbox_params`).
+    img [H,W,3] uint8 -> [h,w,3] uint8."""
+    from yolojax.data.augment import letterbox_params
+    _, (nh, nw), (top, bottom, left, right) = letterbox_params(img.shape[:2], tuple(new_shape))
+    if (nh, nw) != img.shape[:2]:
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    dh, dw = (new_shape[0] - nh) / 2, (new_shape[1] - nw) / 2
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
 
 

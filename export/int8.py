@@ -153,6 +153,8 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     inp = proto.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim]
     h, w = dims[2], dims[3]
+    if h <= 0 or w <= 0:  # symbolic height/width (export --dynamic): calibrate at the nominal size
+        h, w = (int(v) for v in json.loads(meta.get("imgsz", "[640, 640]")))
     if isinstance(calib_data, np.ndarray):
         imgs = calib_data
         if imgs.ndim != 4 or imgs.shape[1:] != (h, w, 3) or len(imgs) == 0:

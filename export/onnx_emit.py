@@ -5,7 +5,9 @@ same Spec and variables the Flax model reads, walking `LAYERS` exactly as `YOLOv
 spec (any widths, uneven C2f splits) is just another spec.
 
 Graph contract (see docs/export.md):
-  input  `images`  float32 [B, 3, H, W] (NCHW, RGB, values in [0, 1]); B symbolic `batch` when dynamic.
+  input  `images`  float32 [B, 3, H, W] (NCHW, RGB, values in [0, 1]). dynamic: B, H, W symbolic (`batch`,
+         `height`, `width`; H and W multiples of 32), as Ultralytics' dynamic export: the anchor grid is then
+         computed in the graph from the feature-map shapes, and A is symbolic (`anchors`).
   output `output0` float32 [B, 4 + nc, A] (detect) or [B, 4 + nc + 1, A] (obb): rows cx, cy, w, h in input
          pixels, then the nc sigmoid class scores, then (obb) the angle in radians; A = sum of (H/s)(W/s)
          over strides 8, 16, 32, P3 anchors first, row-major -- the layout of Ultralytics' ONNX export.
@@ -205,27 +207,38 @@ class Emitter:
             raise ValueError(f"{prefix}_2: kernel shape {w.shape} but the spec graph needs {(1, 1, self.ch[y], out)}")
         return self.conv_node(y, f"{prefix}_2", w.transpose(3, 2, 0, 1), np.asarray(p["bias"], np.float64), 1, 1)
 
-    def emit_detect(self, feats: Sequence[str], imgsz: tuple[int, int]) -> dict[str, str]:
-        """-> {'boxes': [B,4,A] cx,cy,w,h px, 'scores': [B,nc,A] (+ 'angle': [B,1,A])}, all float32."""
+    def emit_detect(self, feats: Sequence[str], imgsz: tuple[int, int] | None) -> dict[str, str]:
+        """-> {'boxes': [B,4,A] cx,cy,w,h px, 'scores': [B,nc,A] (+ 'angle': [B,1,A])}, all float32.
+
+        imgsz None: H and W are symbolic; anchor counts are -1 in reshapes and the anchor grid and strides
+        are computed from each level's feature-map shape in the graph (`emit_anchor_grid`)."""
         g, spec = self.g, self.spec
         d, nc, rm = f"model_{DETECT}", spec.nc, spec.reg_max
         obb = spec.task == "obb"
         branches: dict[str, list[str]] = {"dist": [], "logit": [], "angle": []}
         shapes = []
         for lvl, (x, s) in enumerate(zip(feats, STRIDES)):
-            h, w = imgsz[0] // s, imgsz[1] // s
-            shapes.append((h, w))
+            if imgsz is not None:
+                h, w = imgsz[0] // s, imgsz[1] // s
+                shapes.append((h, w))
             for key, prefix, out in (("dist", "cv2", 4 * rm), ("logit", "cv3", nc), ("angle", "cv4", 1)):
                 if key == "angle" and not obb:
                     continue
                 y = self.emit_branch(x, f"{d}/{prefix}_{lvl}", out)
-                y = g.op("Reshape", [y, g.const([0, out, h * w])], f"{d}/{prefix}_{lvl}/Reshape")
+                hw = h * w if imgsz is not None else -1
+                y = g.op("Reshape", [y, g.const([0, out, hw])], f"{d}/{prefix}_{lvl}/Reshape")
                 if g.half:
                     y = g.op("Cast", [y], f"{d}/{prefix}_{lvl}/Cast", to=TensorProto.FLOAT)
                 branches[key].append(y)
         cat = {k: g.op("Concat", v, f"{d}/{k}/Concat", axis=2) for k, v in branches.items() if v}
-        a = sum(h * w for h, w in shapes)
-        anchors, strides = anchor_grid(shapes, STRIDES)  # [2,A] grid units, [A]
+        if imgsz is not None:
+            a = sum(h * w for h, w in shapes)
+            anchors, strides = anchor_grid(shapes, STRIDES)  # [2,A] grid units, [A]
+            anc = g.init(f"{d}/anchors", anchors[None])  # [1,2,A]
+            stride = g.init(f"{d}/strides", strides.reshape(1, 1, a))
+        else:
+            a = -1
+            anc, stride = self.emit_anchor_grid(feats)
 
         # DFL: softmax over the bins, expectation with arange(reg_max).
         dist = g.op("Reshape", [cat["dist"], g.const([0, 4, rm, a])], f"{d}/dfl/Reshape")
@@ -235,8 +248,6 @@ class Emitter:
                     keepdims=0)  # [B,4,A]
         lt = g.op("Slice", [ltrb, g.const([0]), g.const([2]), g.const([1])], f"{d}/decode/lt")
         rb = g.op("Slice", [ltrb, g.const([2]), g.const([4]), g.const([1])], f"{d}/decode/rb")
-        anc = g.init(f"{d}/anchors", anchors[None])  # [1,2,A]
-        stride = g.init(f"{d}/strides", strides.reshape(1, 1, a))
         if not obb:
             x1y1 = g.op("Sub", [anc, lt], f"{d}/decode/x1y1")
             x2y2 = g.op("Add", [anc, rb], f"{d}/decode/x2y2")
@@ -262,6 +273,38 @@ class Emitter:
         if obb:
             out["angle"] = angle
         return out
+
+
+    def emit_anchor_grid(self, feats: Sequence[str]) -> tuple[str, str]:
+        """Anchor centres [1,2,A] (x, y grid units + 0.5) and strides [1,1,A] from the runtime shapes of the
+        Detect inputs [B,C,H/s,W/s], P3 first, row-major: `anchor_grid` as graph ops (Shape, Range, Expand) for
+        symbolic H, W, as Ultralytics' `make_anchors(feats)`. Only `Shape` reads a feature map (in an INT8
+        export, its dequantized copy: no extra Q/DQ); the grid is computed in float under decode/, the tail an
+        INT8 export never quantizes (grid units reach 160)."""
+        g, d = self.g, f"model_{DETECT}/decode/anchors"
+        pts, sts = [], []
+        for lvl, (x, s) in enumerate(zip(feats, STRIDES)):
+            n = f"{d}/{lvl}"
+            shp = g.op("Shape", [x], f"{n}/Shape")  # [4] int64: B, C, H, W
+            hw = g.op("Slice", [shp, g.const([2]), g.const([4]), g.const([0])], f"{n}/hw")  # [2]: H, W
+            hwf = g.op("Cast", [hw], f"{n}/hw_f", to=TensorProto.FLOAT)
+            hf = g.op("Squeeze", [g.op("Slice", [hwf, g.const([0]), g.const([1]), g.const([0])], f"{n}/h_f1"),
+                                  g.const([0])], f"{n}/h_f")
+            wf = g.op("Squeeze", [g.op("Slice", [hwf, g.const([1]), g.const([2]), g.const([0])], f"{n}/w_f1"),
+                                  g.const([0])], f"{n}/w_f")
+            zero, one, half = g.const(0.0, np.float32), g.const(1.0, np.float32), g.const(0.5, np.float32)
+            ys = g.op("Add", [g.op("Range", [zero, hf, one], f"{n}/Range_y"), half], f"{n}/ys")  # [H]
+            xs = g.op("Add", [g.op("Range", [zero, wf, one], f"{n}/Range_x"), half], f"{n}/xs")  # [W]
+            gx = g.op("Expand", [g.op("Unsqueeze", [xs, g.const([0])], f"{n}/xs_1w"), hw], f"{n}/grid_x")  # [H,W]
+            gy = g.op("Expand", [g.op("Unsqueeze", [ys, g.const([1])], f"{n}/ys_h1"), hw], f"{n}/grid_y")
+            pts.append(g.op("Concat", [g.op("Reshape", [gx, g.const([1, -1])], f"{n}/x_flat"),
+                                       g.op("Reshape", [gy, g.const([1, -1])], f"{n}/y_flat")], f"{n}/xy", axis=0))
+            count = g.op("ReduceProd", [hw], f"{n}/count", keepdims=1)  # [1] = H*W (attribute axes: opset 13)
+            sts.append(g.op("Expand", [g.const([s], np.float32), count], f"{n}/strides"))  # [H*W]
+        anc = g.op("Concat", pts, f"{d}/grid", axis=1)  # [2,A]
+        anc = g.op("Unsqueeze", [anc, g.const([0])], f"{d}/grid_1")  # [1,2,A]
+        st = g.op("Reshape", [g.op("Concat", sts, f"{d}/strides_cat", axis=0), g.const([1, 1, -1])], f"{d}/strides")
+        return anc, st
 
 
 def anchor_grid(shapes: Sequence[tuple[int, int]], strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +392,10 @@ def emit_onnx(spec: Spec, variables: Mapping, *, imgsz: int | Sequence[int] = 64
               dynamic: bool = False, half: bool = False, opset: int = DEFAULT_OPSET, nms: str | None = None,
               conf: float = 0.25, iou: float = 0.7, max_det: int = 300, metadata: Mapping[str, Any] | None = None
               ) -> onnx.ModelProto:
-    """The ONNX model of (spec, variables). Pure: no file is written. See the module docstring for the layout."""
+    """The ONNX model of (spec, variables). Pure: no file is written. See the module docstring for the layout.
+
+    dynamic: batch, height and width symbolic (Ultralytics' `dynamic=True`); imgsz is then only the nominal
+    size written to the metadata (what checks, calibration and TensorRT's optimisation profile start from)."""
     h, w = _imgsz(imgsz)
     if not MIN_OPSET <= opset <= _max_opset():
         raise ValueError(f"opset {opset} not supported: use {MIN_OPSET}..{_max_opset()}")
@@ -365,13 +411,14 @@ def emit_onnx(spec: Spec, variables: Mapping, *, imgsz: int | Sequence[int] = 64
 
     g = Graph(opset, half)
     bdim: Any = "batch" if dynamic else batch
+    hdim, wdim = ("height", "width") if dynamic else (h, w)
     em = Emitter(g, spec, variables)
     x = "images"
     if half:
         x = g.op("Cast", [x], "images/Cast", to=TensorProto.FLOAT16)
     em.ch[x] = 3
-    heads = em.emit_detect(em.emit_backbone_neck(x), (h, w))
-    a = sum((h // s) * (w // s) for s in STRIDES)
+    heads = em.emit_detect(em.emit_backbone_neck(x), None if dynamic else (h, w))
+    a: Any = "anchors" if dynamic else sum((h // s) * (w // s) for s in STRIDES)
     no = spec.num_outputs
 
     f32 = TensorProto.FLOAT
@@ -392,7 +439,7 @@ def emit_onnx(spec: Spec, variables: Mapping, *, imgsz: int | Sequence[int] = 64
                    helper.make_tensor_value_info("det_classes", TensorProto.INT32, [bdim, max_det])]
 
     graph = helper.make_graph(g.nodes, f"yolov8{spec.variant}{'-obb' if spec.task == 'obb' else ''}",
-                              [helper.make_tensor_value_info("images", f32, [bdim, 3, h, w])], outputs,
+                              [helper.make_tensor_value_info("images", f32, [bdim, 3, hdim, wdim])], outputs,
                               initializer=g.inits)
     opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("TRT", 1)] if nms == "trt" else [])
     model = helper.make_model(graph, opset_imports=opsets, producer_name="yolojax",

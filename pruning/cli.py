@@ -58,6 +58,37 @@ def make_policy(args):
                   base=base, **common)
 
 
+_RANKING = {"GlobalRatio": "global ranking", "GlobalThreshold": "global threshold", "GroupPolicy": "per-group ranking",
+            "LayerRatio": "the same share per layer"}
+
+
+def policy_words(policy) -> str:
+    """A policy (or its `describe()` dict) in one readable line, for logs: never a dataclass repr."""
+    d = policy.describe() if hasattr(policy, "describe") else dict(policy)
+    kind = d.get("policy")
+    rules = f" ({', '.join(f'{k}={v:g}' for k, v in d['rules'])})" if d.get("rules") else ""
+    skip = f", never {', '.join(d['skip'])}" if d.get("skip") else ""
+    rounding = f"; kept channels a multiple of {d.get('round_to', 1)}, at least {d.get('min_channels', 1)} a group"
+    if kind == "Budget":
+        targets = []
+        if d.get("target_gflops") is not None:
+            targets.append(f"<= {d['target_gflops']:.3f} GFLOPs at {d.get('imgsz')} px")
+        if d.get("target_params") is not None:
+            targets.append(f"<= {int(d['target_params']):,} params")
+        base = d.get("base") or {}
+        zero = (f"channels with |gamma| < {d['prune_below']:g} first, then " if d.get("prune_below") is not None
+                else "")
+        return (f"budget {' and '.join(targets)}: {zero}the least important by "
+                f"{_RANKING.get(base.get('policy'), base.get('policy', 'global ranking'))} "
+                f"({d.get('importance', 'bn')} importance){skip}{rounding}")
+    if kind == "GlobalThreshold" or d.get("threshold") is not None:
+        return (f"{_RANKING.get(kind, kind)}: remove channels with importance < {d['threshold']:g} "
+                f"({d.get('importance', 'bn')}){rules}{skip}{rounding}")
+    ratio = d.get("ratio")
+    share = f"remove {ratio:.0%} of the channels" if ratio is not None else "remove channels"
+    return f"{_RANKING.get(kind, kind)}: {share} ({d.get('importance', 'bn')} importance){rules}{skip}{rounding}"
+
+
 def plot_channels(report: dict, path: Path) -> Path:
     """Bar chart of output channels per conv (BN convs, execution order), before vs after."""
     import matplotlib
@@ -115,9 +146,14 @@ def cmd_prune(args) -> int:
 
     from .prune import prune, prune_report
 
-    policy = make_policy(args)
+    from yolojax.commands import resolve_imgsz
+    from yolojax.train.cli import check_args
+    check_args(args)
     out = Path(args.output)
     _check_output(out, args.checkpoint, args.force)
+    args.imgsz = resolve_imgsz(args.checkpoint, args.imgsz, what="prune")  # the size FLOPs and budgets refer to
+    policy = make_policy(args)
+    print(f"prune: {policy_words(policy)}", file=sys.stderr)
     det = load(args.checkpoint)
     new_spec, new_vars = prune(det.spec, det.variables, policy)
     report = prune_report(det.spec, new_spec, args.imgsz)
@@ -142,7 +178,7 @@ def cmd_prune(args) -> int:
                          default=str))
     else:
         print(table)
-        print(f"\n{policy.describe()['policy']}: wrote {out} (a normal checkpoint: yolojax.load / val / train / "
+        print(f"\n{policy_words(policy)}: wrote {out} (a normal checkpoint: yolojax.load / val / train / "
               f"export read it), prune_report.txt/.json, channels.png")
     return 0
 
@@ -160,13 +196,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--target-flops", type=float, help="GFLOPs budget at --imgsz (searched)")
     how.add_argument("--target-params", type=int, help="parameter budget (searched)")
     p.add_argument("--policy", choices=("global", "group", "layer"), default="global",
-                   help="global ranking (default), per (part, scale, kind) class, or the same share per layer")
+                   help="global ranking, per (part, scale, kind) class, or the same share per layer")
     p.add_argument("--rule", action="append", metavar="SEL=V", help="group/layer: ratio or threshold per selector")
     p.add_argument("--skip", action="append", metavar="SEL", help="never prune these groups (e.g. head)")
     p.add_argument("--importance", choices=("bn", "l1", "l2"), default="bn", help="|gamma| or kernel norm")
     p.add_argument("--reduce", choices=("sum", "mean", "max"), default="sum", help="over coupled layers")
-    p.add_argument("--round-to", type=int, default=8, help="kept channels round up to a multiple (default 8)")
-    p.add_argument("--min-channels", type=int, default=8, help="never keep fewer per group (default 8)")
-    p.add_argument("--imgsz", type=int, default=640, help="image size for FLOPs (default 640)")
+    p.add_argument("--round-to", type=int, default=8, help="kept channels round up to a multiple of this")
+    p.add_argument("--min-channels", type=int, default=8, help="never keep fewer per group")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="image size of FLOPs and --target-flops (default: the model's training size, else 640)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_prune)

@@ -4,12 +4,20 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
+
+# Many tests compile the same small programs from fresh closures (a new Trainer, a new jitted forward), which
+# jit's in-memory cache cannot share; XLA's persistent cache is keyed by the program itself, so it does, also
+# across pytest-xdist workers. Only compiled executables are cached: results are the same with or without it.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("YOLOJAX_TEST_JAX_CACHE", str(REPO / ".pytest_cache" / "jax")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(scope="session")

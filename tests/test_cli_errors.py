@@ -214,3 +214,37 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_consistently(tmp_path, synth):
 def test_compress_and_distill_refuse_impossible_values(capsys, tmp_path, argv, msg):
     code, err = _run(capsys, *argv, "-o", str(tmp_path / "out"))
     assert code == 2 and msg in err and "Traceback" not in err
+
+
+# -- issue 16: a wrong file, backend or size is one line with what to do --------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory, ckpt):
+    from export.onnx_emit import export_onnx
+    return export_onnx(yolojax.load(ckpt), tmp_path_factory.mktemp("onnx") / "tiny.onnx", imgsz=64)
+
+
+def test_missing_ultralytics_weights_say_where_to_get_them(tmp_path, capsys):
+    rc, err = _run(capsys, "convert", tmp_path / "yolov8n.pt", tmp_path / "ck")
+    line = _one_line_error(err)
+    assert rc == 2 and "yolov8n.pt: no such file" in line and "github.com/ultralytics/assets/releases" in line
+    assert not (tmp_path / "ck").exists()
+    with pytest.raises(FileNotFoundError, match="ultralytics/assets/releases") as e:
+        yolojax.from_ultralytics(tmp_path / "yolov8n.pt")
+    assert isinstance(e.value, yolojax.errors.UserError) and str(e.value).startswith(str(tmp_path / "yolov8n.pt"))
+
+
+@pytest.mark.parametrize("argv, says", [
+    (("benchmark", "{onnx}", "--backend", "jax"), "runs on --backend onnxruntime"),
+    (("benchmark", "{ckpt}", "--backend", "tensorrt"), "the tensorrt backend takes an .engine/.plan or an .onnx"),
+    (("predict", "{onnx}", "{img}"), "an exported .onnx graph has no JAX weights"),
+    (("export", "{onnx}", "-o", "{tmp}/x.onnx"), "already an ONNX graph"),
+    (("export", "{ckpt}", "--imgsz", "100", "-o", "{tmp}/x.onnx"), "--imgsz must be a multiple of 32"),
+    (("benchmark", "{onnx}", "--imgsz", "128"), "takes 64x64 images (its fixed input shape), not --imgsz 128"),
+])
+def test_wrong_backend_file_or_size_is_one_line(tmp_path, capsys, ckpt, onnx_file, argv, says):
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    subs = {"onnx": onnx_file, "ckpt": ckpt, "img": tmp_path / "a.jpg", "tmp": tmp_path}
+    rc, err = _run(capsys, *(a.format(**subs) for a in argv))
+    assert rc == 2 and says in _one_line_error(err), err
+    assert not (tmp_path / "x.onnx").exists()

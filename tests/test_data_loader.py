@@ -55,7 +55,7 @@ def test_static_shapes_and_dtypes(synth):
         assert b["boxes"].shape == (4, M, 4) and b["boxes"].dtype == np.float32
         assert b["classes"].shape == (4, M) and b["classes"].dtype == np.int32
         assert b["mask"].dtype == bool and b["ignore"].dtype == bool and b["valid"].all()
-        assert b["orig_shapes"].dtype == np.int32 and b["ratio_pad"].shape == (4, 3)
+        assert b["orig_shapes"].dtype == np.int32 and b["ratio_pad"].shape == (4, 4)
         assert len(b["image_ids"]) == 4 and "obb" not in b
         # padding rows are zero, real rows inside the image
         assert not b["boxes"][~b["mask"]].any() and not b["ignore"][~b["mask"]].any()
@@ -157,8 +157,8 @@ def test_validation_batches_invert_to_original_boxes(visdrone3):
             # ignore regions come after the targets; class-agnostic ones carry IGNORE_CLASS
             assert not ign[: (~rec.ignore).sum()].any()
             assert (b["classes"][k][:n][ign] == IGNORE_CLASS).any()
-            ratio, px, py = b["ratio_pad"][k]
-            back = (b["boxes"][k][:n] - [px, py, px, py]) / ratio
+            rx, ry, px, py = b["ratio_pad"][k]
+            back = (b["boxes"][k][:n] - [px, py, px, py]) / [rx, ry, rx, ry]
             order = np.argsort(rec.ignore, kind="stable")
             np.testing.assert_allclose(back, rec.boxes[order], atol=2.0)
     assert sorted(seen) == sorted(recs)

@@ -122,6 +122,18 @@ def test_attention_matches_numpy_and_is_unit_norm():
     np.testing.assert_allclose(float(sad_loss(s, t_wide)), np_sad(s, t), rtol=1e-5)
 
 
+def test_distill_gradients_are_finite_on_a_dead_student_level():
+    """A pruned student's level can be exactly 0 (every kept gamma and beta 0): seen in the demo's student, whose
+    P4/P5 outputs are 0 everywhere. SAD's normalisation then divides 0 by 0 unless guarded: the first
+    fine-tuning step had a NaN gradient and the run stopped."""
+    s, t = _maps((2, 4, 4, 8), seed=5)
+    dead = np.zeros_like(s)
+    for fn in (sad_loss, cwd_loss):
+        g = np.asarray(jax.grad(lambda f: fn(f, t))(jnp.asarray(dead)))
+        assert np.isfinite(g).all(), fn.__name__
+    assert np.isfinite(float(sad_loss(dead, t))) and np.asarray(attention_map(dead)).max() == 0.0
+
+
 def test_attention_zero_iff_equal_and_teacher_gets_no_gradient():
     s, t = _maps((2, 4, 4, 5), seed=4)
     assert float(sad_loss(t, t)) == pytest.approx(0.0, abs=1e-12)

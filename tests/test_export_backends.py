@@ -57,7 +57,7 @@ def test_tensorrt_missing_gives_install_instructions(tmp_path, det, capsys, ckpt
 
 # -- TensorFlow SavedModel ----------------------------------------------------------------------------------
 def test_savedmodel_matches_jax(tmp_path, det):
-    tf = pytest.importorskip("tensorflow", reason="optional extra [tf] (tensorflow-cpu) not installed")
+    import tensorflow as tf  # the [tf] extra: `make test` installs it
     from export.savedmodel import export_savedmodel
     import jax
     out = export_savedmodel(det, tmp_path / "sm", imgsz=IMGSZ, dynamic=True)

@@ -16,7 +16,7 @@ from yolojax.data.synth import make_synthetic, synth_image
 from yolojax.eval.obb import OBBMetrics
 from yolojax.model import init_variables, tiny_spec
 from yolojax.train.step import create_state, make_predict, make_train_step
-from yolojax.train.validate import run_validation
+from yolojax.train.validate import run_validation, val_loader
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_overfit_synthetic_obb(tmp_path):
     trainer = Trainer(cfg, tmp_path / "run", repeated, train, spec, variables, progress=False)
     logs = trainer.fit()
     assert logs["val/map50"] >= 0.5, logs
-    loader = Loader(train, 8, 160, augment=False, workers=1)
+    loader = val_loader(train, 8, 160, workers=1)  # the trainer's own validation loader (rect batches)
     metrics, dets = run_validation(spec, jax.device_get(trainer.state.ema_variables()), loader, progress=False,
                                    collect=True)
     loader.close()

@@ -9,7 +9,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 
+MB = 1e6  # sizes are decimal megabytes (10^6 bytes), as `yolojax export` prints them
+
+
 def dir_size(path: Path) -> int:
+    """Bytes on disk of a file, or of every file under a directory."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
@@ -42,7 +46,7 @@ def onnx_predict(onnx_path: Path, spec, *, conf: float = 0.001, iou: float = 0.7
 
     def predict(_variables, images):
         x = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0)
-        if tuple(x.shape[2:]) != size:
+        if all(isinstance(v, int) for v in size) and tuple(x.shape[2:]) != size:  # symbolic H, W: any size
             raise ValueError(f"{onnx_path} takes {size[0]}x{size[1]} images, got {x.shape[2]}x{x.shape[3]}: "
                              f"validate at --imgsz {size[0]}")
         step = fixed or len(x)
@@ -134,30 +138,35 @@ def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path:
     stages: dict[str, dict] = {}
     for name, det in models.items():
         m = _evaluate(det, val, cc.imgsz, workers=cc.workers)
-        plot_pr_curve(m, plots / f"pr_{name}.png")
+        plot_pr_curve(m, plots / f"pr_{name}.png", title=f"Precision-Recall: {STAGE_TITLES.get(name, name)}")
         stages[name] = _row(det.spec, m, cc.imgsz, count_params, count_flops, count_macs)
         if paths and name in paths:
-            stages[name]["size_mb"] = round(dir_size(paths[name]) / 2**20, 3)
+            stages[name]["size_mb"] = round(dir_size(paths[name]) / MB, 3)
     if onnx_path is not None:
         fin = models["finetuned"]
         m = _evaluate(fin, val, cc.imgsz, predict=onnx_predict(onnx_path, fin.spec), workers=cc.workers)
-        plot_pr_curve(m, plots / "pr_onnx.png")
+        plot_pr_curve(m, plots / "pr_onnx.png", title=f"Precision-Recall: {STAGE_TITLES['onnx']}")
         stages["onnx"] = _row(fin.spec, m, cc.imgsz, count_params, count_flops, count_macs)
-        stages["onnx"]["size_mb"] = round(Path(onnx_path).stat().st_size / 2**20, 3)
+        stages["onnx"]["size_mb"] = round(Path(onnx_path).stat().st_size / MB, 3)
 
-    # latency: every model in one interleaved run per backend (ratios are what is comparable)
+    # latency: every model in one interleaved run per backend (ratios are what is comparable); the exported
+    # .onnx is timed as the file it is (ONNX Runtime only: it has no JAX weights), not given another row's number
     from export.benchmark import benchmark
     names = list(models)
     machine = None
-    for backend, key in (("jax", "jax_ms"), ("onnxruntime", "ort_ms")):
-        res = benchmark([models[n] for n in names], backend=backend, imgsz=cc.imgsz, batch=1, runs=cc.bench_runs,
-                        warmup=3, names=names, progress=False)
+    for backend, key in (("jax", "jax"), ("onnxruntime", "ort")):
+        cands, labels = [models[n] for n in names], list(names)
+        if backend == "onnxruntime" and "onnx" in stages:
+            cands.append(str(onnx_path))
+            labels.append("onnx")
+        res = benchmark(cands, backend=backend, imgsz=cc.imgsz, batch=1, runs=cc.bench_runs, warmup=3, names=labels,
+                        progress=False)
         machine = res["machine"]
-        for n, r in zip(names, res["results"]):
-            stages[n][key] = round(r["p50_ms"], 3)
-            stages[n][key.replace("_ms", "_fps")] = round(r["fps"], 2)
-    if "onnx" in stages:
-        stages["onnx"]["ort_ms"], stages["onnx"]["ort_fps"] = stages["finetuned"]["ort_ms"], stages["finetuned"]["ort_fps"]
+        for n, r in zip(labels, res["results"]):
+            for q in ("p10", "p50", "p90"):
+                stages[n][f"{key}_{q}_ms"] = round(r[f"{q}_ms"], 3)
+            stages[n][f"{key}_ms"] = round(r["p50_ms"], 3)
+            stages[n][f"{key}_fps"] = round(r["fps"], 2)
     base = stages["baseline"]
     for row in stages.values():
         row["delta"] = {k: round(row[k] - base[k], 4) for k in ("params", "gflops", "map50", "map50_95")}
@@ -223,7 +232,7 @@ def plot_stage_curves(rundir: Path, path: Path) -> Path | None:
 def _row(spec, m: Mapping, imgsz: int, count_params, count_flops, count_macs) -> dict:
     return {"params": count_params(spec), "gflops": round(count_flops(spec, imgsz), 4),
             "gflops_640": round(count_flops(spec, 640), 4), "macs": count_macs(spec, imgsz),
-            "size_mb": round(count_params(spec) * 4 / 2**20, 3),
+            "size_mb": round(count_params(spec) * 4 / MB, 3),
             "map50": round(float(m["map50"]), 4), "map50_95": round(float(m["map50_95"]), 4),
             "map_small": round(float(m.get("map_small", -1)), 4), "map_medium": round(float(m.get("map_medium", -1)), 4)}
 
@@ -234,6 +243,15 @@ STAGE_TITLES = {"baseline": "baseline (teacher)", "sparse": "sparsity-trained", 
 
 def _num(v, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _latency(r: Mapping, key: str) -> str:
+    """'p50 (p10–p90)' of a row's `key` latency in ms, '–' when not measured."""
+    if r.get(f"{key}_ms") is None:
+        return "–"
+    if r.get(f"{key}_p10_ms") is None:
+        return f"{r[f'{key}_ms']:.2f}"
+    return f"{r[f'{key}_ms']:.2f} ({r[f'{key}_p10_ms']:.2f}–{r[f'{key}_p90_ms']:.2f})"
 
 
 def _pruning_words(cfg: Mapping) -> str:
@@ -250,19 +268,24 @@ def write_markdown(report: Mapping, path: Path) -> Path:
         report = {**report["meta"], "stages": {k: v for k, v in report.items() if k != "meta"}}
     st = report["stages"]
     cfg = report.get("config", {})
-    lines = [f"# Compression report", "",
+    lines = ["# Compression report", "",
              f"Data: {cfg.get('data') or 'built-in synthetic aerial set'}; model {cfg.get('model')}; "
              f"{report['imgsz']} px; distillation `{cfg.get('distill')}`; pruning: {_pruning_words(cfg)}; wall time {report.get('wall_time_s', 0):.0f} s "
              f"(stages: {', '.join(f'{k} {v:.0f}s' for k, v in report['stage_time_s'].items())}).",
              f"Machine: {(report.get('machine') or {}).get('cpu', '?')}, {report.get('cpu_count')} cores. "
-             f"Latency: median of interleaved runs, batch 1, {report['imgsz']} px.", "",
-             "| stage | params | GFLOPs | MACs (G) | size (MB) | mAP50 | mAP50-95 | APs | APm | JAX ms | ORT ms | ORT FPS | params Δ | GFLOPs Δ | mAP50 Δ |",
+             f"Latency: median (p10–p90) of {cfg.get('bench_runs', '?')} interleaved runs per backend, batch 1, "
+             f"{report['imgsz']} px, every row measured itself"
+             f"{' (the ONNX row times the exported file in ONNX Runtime)' if 'onnx' in st else ''}; "
+             f"on a shared CPU two rows of the same architecture can differ by ~10%: read the spreads, not only "
+             f"the medians. Size: MB = 10^6 bytes on disk (a stage's saved weights; the ONNX row's .onnx file), "
+             f"as `yolojax export` prints it.", "",
+             "| stage | params | GFLOPs | MACs (G) | size (MB) | mAP50 | mAP50-95 | APs | APm | JAX ms p50 (p10–p90) | ORT ms p50 (p10–p90) | ORT FPS | params Δ | GFLOPs Δ | mAP50 Δ |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, r in st.items():
         d = r["delta_pct"]
         lines.append(f"| {STAGE_TITLES.get(k, k)} | {r['params']:,} | {r['gflops']:.3f} | {r['macs'] / 1e9:.3f} | "
                      f"{r['size_mb']:.2f} | {r['map50']:.4f} | {r['map50_95']:.4f} | {r['map_small']:.4f} | "
-                     f"{r['map_medium']:.4f} | {_num(r.get('jax_ms'), 2)} | {_num(r.get('ort_ms'), 2)} | "
+                     f"{r['map_medium']:.4f} | {_latency(r, 'jax')} | {_latency(r, 'ort')} | "
                      f"{_num(r.get('ort_fps'), 1)} | {d['params']:+.1f}% | {d['gflops']:+.1f}% | "
                      f"{r['delta']['map50']:+.4f} |")
     checks = report.get("checks") or []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import colorsys
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -41,10 +42,62 @@ def draw_detections(image_bgr: np.ndarray, boxes, scores, classes, names, *, thi
     return img
 
 
-def letterbox_image(image_bgr: np.ndarray, imgsz: int) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """BGR image -> (RGB uint8 [imgsz,imgsz,3] letterboxed with gray 114, (ratio, padx, pady))."""
+def letterbox_image(image_bgr: np.ndarray, imgsz: int | tuple[int, int], *, auto: bool = False,
+                    stride: int = 32) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """BGR image -> (RGB uint8 letterboxed with gray 114, (ratio, padx, pady)).
+
+    The output is [imgsz, imgsz, 3] (or the given (h, w)); with auto=True only padded to the next multiple of
+    `stride` (Ultralytics predict on a single image). See `letterbox_batch` for predict's full rule and the
+    per-axis gains Ultralytics maps boxes back with."""
     from .data.augment import letterbox_params
-    r, (nh, nw), (top, bottom, left, right) = letterbox_params(image_bgr.shape[:2], imgsz)
+    r, (nh, nw), (top, bottom, left, right) = letterbox_params(image_bgr.shape[:2], imgsz, auto=auto, stride=stride)
     img = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != image_bgr.shape[:2] else image_bgr
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (r, float(left), float(top))
+
+
+class Letterboxed(NamedTuple):
+    """How one image was letterboxed: the resize ratio r, the realised per-axis gains (resized / original
+    width and height: Ultralytics maps boxes back with these, r rounds differently per side) and the left/top
+    padding in pixels."""
+
+    ratio: float
+    gain: tuple[float, float]
+    pad: tuple[float, float]
+
+    def box_ratio_pad(self) -> tuple:
+        """For `yolojax.eval.boxes.scale_boxes`: ((gain_x, gain_y), padx, pady)."""
+        return self.gain, self.pad[0], self.pad[1]
+
+    def rbox_ratio_pad(self) -> tuple[float, float, float]:
+        """For `yolojax.eval.obb.scale_rboxes` (one ratio for both axes): (ratio, padx, pady)."""
+        return self.ratio, self.pad[0], self.pad[1]
+
+
+def letterbox_batch(images_bgr: Sequence[np.ndarray], imgsz: int | tuple[int, int], *, stride: int = 32,
+                    auto: bool | None = None) -> tuple[np.ndarray, list[Letterboxed]]:
+    """Ultralytics predict's pre-processing (`BasePredictor.pre_transform`): BGR images -> (RGB uint8
+    [B,H,W,3], one `Letterboxed` per image).
+
+    auto=None applies Ultralytics' rule: a single image, or a batch of images of one shape, is letterboxed
+    with minimal padding (each side padded only to the next multiple of `stride`); a batch of mixed shapes goes
+    to the full imgsz square. Resizing is cv2.INTER_LINEAR, scale-up allowed, sides rounded with Python's
+    round, padding split round(d/2 -/+ 0.1) with gray 114 -- Ultralytics' `LetterBox`, pixel for pixel.
+    """
+    from .data.augment import letterbox_params
+    if not len(images_bgr):
+        raise ValueError("letterbox_batch needs at least one image")
+    same = len({im.shape for im in images_bgr}) == 1
+    if auto is None:
+        auto = same
+    elif auto and not same:
+        raise ValueError("auto letterboxing gives each shape its own size: a batch of mixed shapes needs auto=False")
+    out, infos = [], []
+    for im in images_bgr:
+        if im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"expected a BGR image [H,W,3], got shape {im.shape}")
+        x, (r, px, py) = letterbox_image(im, imgsz, auto=auto, stride=stride)
+        _, (nh, nw), _ = letterbox_params(im.shape[:2], imgsz, auto=auto, stride=stride)
+        out.append(x)
+        infos.append(Letterboxed(float(r), (nw / im.shape[1], nh / im.shape[0]), (px, py)))
+    return np.stack(out), infos

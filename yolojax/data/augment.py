@@ -109,30 +109,75 @@ def resized_shape(shape: tuple[int, int], imgsz: int) -> tuple[int, int]:
     return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
 
 
-def letterbox_params(shape: tuple[int, int], new: int, scaleup: bool = True):
-    """Ultralytics LetterBox (center, auto=False): ratio r, resized (h, w), pads (top, bottom, left, right)."""
+def letterbox_params(shape: tuple[int, int], new: int | tuple[int, int], scaleup: bool = True, *,
+                     auto: bool = False, stride: int = 32, center: bool = True):
+    """Ultralytics `LetterBox.get_params`: ratio r, resized (h, w), pads (top, bottom, left, right).
+
+    new: the target (h, w), or an int for a square. auto: minimal padding, each side only up to the next
+    multiple of `stride` (Ultralytics predict on one image or a batch of same-shaped images); otherwise the
+    image is padded to `new` exactly. scaleup=False never enlarges (validation). Each resized side keeps at
+    least one pixel; sides round with Python's `round`, the pads split as round(d/2 -/+ 0.1), as Ultralytics.
+    """
     h, w = shape
-    r = min(new / h, new / w)
+    nh_t, nw_t = (new, new) if isinstance(new, (int, np.integer)) else (int(new[0]), int(new[1]))
+    r = min(nh_t / h, nw_t / w)
     if not scaleup:
         r = min(r, 1.0)
-    nw, nh = int(round(w * r)), int(round(h * r))
-    dw, dh = (new - nw) / 2, (new - nh) / 2
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    nw, nh = max(int(round(w * r)), 1), max(int(round(h * r)), 1)
+    dw, dh = nw_t - nw, nh_t - nh
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    if center:
+        dw, dh = dw / 2, dh / 2
+        top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    else:
+        top = left = 0
+    bottom, right = int(round(dh + 0.1)), int(round(dw + 0.1))
     return r, (nh, nw), (top, bottom, left, right)
 
 
-def letterbox(img: np.ndarray | None, t: Targets, shape: tuple[int, int], new: int, scaleup: bool = True):
-    """Resize keeping aspect and pad to new x new with gray 114.
+def letterbox(img: np.ndarray | None, t: Targets, shape: tuple[int, int], new: int | tuple[int, int],
+              scaleup: bool = True, *, auto: bool = False, stride: int = 32):
+    """Resize keeping aspect (cv2.INTER_LINEAR) and pad with gray 114 to `new` (int: square; (h, w)), or with
+    auto=True only to the next multiple of `stride` (see `letterbox_params`).
 
-    Returns (img [new,new,3] or None, targets, ratio, (padx, pady)); boxes map x -> x*ratio + padx.
+    Returns (img or None, targets, ratio, (padx, pady)); boxes map x -> x*ratio + padx. The image is
+    [h_out, w_out, 3] with h_out = resized h + top + bottom.
     """
-    r, (nh, nw), (top, bottom, left, right) = letterbox_params(shape, new, scaleup)
+    r, (nh, nw), (top, bottom, left, right) = letterbox_params(shape, new, scaleup, auto=auto, stride=stride)
     if img is not None:
         if (img.shape[0], img.shape[1]) != (nh, nw):
             img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
         img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
     return img, t.affine(r, r, left, top), r, (left, top)
+
+
+def rect_batch_shapes(shapes: np.ndarray, batch: int, imgsz: int, stride: int = 32, pad: float = 0.5):
+    """Ultralytics `BaseDataset.set_rectangle` for validation: the images sorted by aspect ratio h/w (numpy's
+    default `argsort`, as Ultralytics, so ties fall the same way), cut into batches of `batch`, and each batch
+    letterboxed to its own (h, w): the batch's extreme aspect ratio times imgsz, plus `pad` strides, rounded
+    up to a multiple of `stride`.
+
+    shapes [N,2] (h, w) of the original images. Returns (order [N] dataset indices in batch order,
+    batch_shapes int [ceil(N/batch), 2] (h, w)).
+    """
+    s = np.asarray(shapes, np.float64).reshape(-1, 2)
+    n = len(s)
+    bi = np.floor(np.arange(n) / batch).astype(int)
+    nb = int(bi[-1]) + 1 if n else 0
+    ar = s[:, 0] / s[:, 1]
+    order = ar.argsort()
+    ar = ar[order]
+    out = [[1.0, 1.0]] * nb
+    for i in range(nb):
+        ari = ar[bi == i]
+        mini, maxi = ari.min(), ari.max()
+        if maxi < 1:
+            out[i] = [maxi, 1]
+        elif mini > 1:
+            out[i] = [1, 1 / mini]
+    batch_shapes = np.ceil(np.array(out, np.float64).reshape(-1, 2) * imgsz / stride + pad).astype(int) * stride
+    return order, batch_shapes
 
 
 # ---------------------------------------------------------------------------------------------- mosaic
@@ -300,13 +345,16 @@ def train_transform(items, imgsz: int, rng: np.random.Generator, cfg: AugmentCon
     return img, t
 
 
-def val_transform(item, orig_hw: tuple[int, int], imgsz: int):
-    """Validation: letterbox only. item = (img or None, (h, w), targets) after `resized_shape`.
+def val_transform(item, orig_hw: tuple[int, int], imgsz: int, shape: tuple[int, int] | None = None):
+    """Validation: letterbox only, never scaling up (Ultralytics `LetterBox(scaleup=False)`). item = (img or
+    None, (h, w), targets) after `resized_shape`; shape: the batch's (h, w) in rectangular validation (see
+    `rect_batch_shapes`), else the imgsz square.
 
-    Returns (img, targets, (ratio, padx, pady)) with ratio relative to the original image, so that
-    original = (letterboxed - pad) / ratio.
+    Returns (img, targets, (ratio_x, ratio_y, padx, pady)) with per-axis ratios relative to the original
+    image, so that original = (letterboxed - pad) / ratio: Ultralytics' `ratio_pad` (the resize to imgsz rounds
+    each side up, so the two ratios differ slightly).
     """
     img, hw, t = item
-    img, t, r, (px, py) = letterbox(img, t, hw, imgsz, scaleup=False)
-    ratio = r * hw[0] / orig_hw[0] if orig_hw[0] >= orig_hw[1] else r * hw[1] / orig_hw[1]
-    return img, t, (float(ratio), float(px), float(py))
+    img, t, r, (px, py) = letterbox(img, t, hw, shape if shape is not None else imgsz, scaleup=False)
+    rx, ry = r * hw[1] / orig_hw[1], r * hw[0] / orig_hw[0]
+    return img, t, (float(rx), float(ry), float(px), float(py))

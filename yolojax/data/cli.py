@@ -9,15 +9,18 @@ FORMAT_CHOICES = ("yolo", "visdrone", "voc", "coco", "dota")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="check, convert or synthesize datasets",
-                              description="Dataset tools: check, convert, synth.")
+    p = subparsers.add_parser("data", help="check, convert, synthesize or tile datasets",
+                              description="Dataset tools: check (counts and problems), convert (VisDrone/VOC/COCO/"
+                                          "DOTA to YOLO), synth (the built-in synthetic aerial set), tile (split "
+                                          "large DOTA images into overlapping tiles). `yolojax data ACTION --help` "
+                                          "for each.")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
 
     c = sub.add_parser("check", help="validate a dataset and report counts and problems",
                        description="Read a dataset with every check (images decoded fully) and report "
                                    "counts and every problem with file and line.")
     c.add_argument("data", help="data .yaml, dataset folder or COCO .json")
-    c.add_argument("--format", choices=FORMAT_CHOICES, help="annotation format (default: detect)")
+    c.add_argument("--format", choices=FORMAT_CHOICES, help="annotation format (default: detected)")
     c.add_argument("--split", help="one split (default: train and val)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--no-decode", action="store_true", help="read image headers only (faster)")
@@ -27,7 +30,7 @@ def register(subparsers) -> None:
     v = sub.add_parser("convert", help="convert VisDrone/VOC/COCO/DOTA to an Ultralytics YOLO dataset",
                        description="Write data.yaml, images/ (symlinks) and labels/ under OUT.")
     v.add_argument("src", help="source dataset (folder or COCO .json)")
-    v.add_argument("--format", choices=FORMAT_CHOICES, help="source format (default: detect)")
+    v.add_argument("--format", choices=FORMAT_CHOICES, help="source format (default: detected)")
     v.add_argument("out", help="output folder")
     v.add_argument("--copy", action="store_true", help="copy images instead of symlinking")
     v.set_defaults(func=run_convert)
@@ -44,7 +47,10 @@ def register(subparsers) -> None:
     s.set_defaults(func=run_synth)
 
     from yolojax.data import tiling
-    t = sub.add_parser("tile", help="split large images (DOTA) into overlapping tiles, written as a YOLO dataset")
+    t = sub.add_parser("tile", help="split large images (DOTA) into overlapping tiles, written as a YOLO dataset",
+                       description="Cut large oriented-box images (DOTA) into overlapping tiles and write them as "
+                                   "an Ultralytics OBB dataset (OUT/data.yaml); objects cut by a tile edge stay "
+                                   "targets when enough of them is inside, else become ignore regions.")
     tiling.add_arguments(t)
     t.set_defaults(func=tiling.run)
 

@@ -54,12 +54,22 @@ def _round_up(x: int, m: int) -> int:
 class Loader:
     """Iterate batches (dicts of numpy) of a `Dataset` with static shapes.
 
-    Keys: images uint8 [B,S,S,3] RGB; boxes float32 [B,M,4] xyxy pixels of the batch image; classes int32
+    Keys: images uint8 [B,H,W,3] RGB (H = W = imgsz, or the batch's own shape with rect); boxes float32
+    [B,M,4] xyxy pixels of the batch image; classes int32
     [B,M] (-1 on class-agnostic ignore regions, 0 on padding); mask bool [B,M] (row is a box or ignore
     region); ignore bool [B,M] (row is an ignore region: no target, its area gives no negatives); obb
     float32 [B,M,5] for oriented datasets; valid bool [B] (False on padding samples of a last partial
-    batch); eval meta: image_ids list[str], indices int64 [B] (dataset index, -1 on padding), orig_shapes int32 [B,2] (h, w), ratio_pad float32 [B,3]
-    (ratio, padx, pady): original = (box - pad) / ratio; zeros for augmented samples, which have no inverse.
+    batch); eval meta: image_ids list[str], indices int64 [B] (dataset index, -1 on padding), orig_shapes
+    int32 [B,2] (h, w), ratio_pad float32 [B,4] (ratio_x, ratio_y, padx, pady): original = (box - pad) / ratio
+    per axis; zeros for augmented samples, which have no inverse.
+
+    rect (validation only): Ultralytics' rectangular batches -- the images in order of aspect ratio, every
+    batch letterboxed to its own (h, w) (`augment.rect_batch_shapes`, `pad` strides of margin), so a batch's
+    image size is `batch_shape(b)` and only a handful of distinct shapes occur (one compilation each).
+
+    A training loader (drop_last) on fewer images than batch_size trains with a smaller batch, as Ultralytics
+    does: the largest multiple of `batch_multiple` (default: the JAX device count, so the batch still shards
+    evenly) that the data fills, with a warning; `batch_size` is then that batch.
 
     batch_size is the global batch; with process_count > 1 each host gets its slice of B/process_count
     rows. max_boxes None picks M from the data (see `auto_max_boxes`); rows beyond M are cut (ignore regions
@@ -72,7 +82,8 @@ class Loader:
                  shuffle: bool | None = None, seed: int = 0, workers: int | None = None, mosaic: bool = True,
                  drop_last: bool | None = None, process_index: int = 0, process_count: int = 1, *,
                  hyp: aug.AugmentConfig | None = None, epochs: int | None = None, close_mosaic: int = 10,
-                 prefetch: int = 2, fast_decode: bool | None = None, cache_images: int | None = None):
+                 prefetch: int = 2, fast_decode: bool | None = None, cache_images: int | None = None,
+                 rect: bool = False, pad: float = 0.5, stride: int = 32, batch_multiple: int | None = None):
         if len(dataset) == 0:
             raise ValueError(f"{dataset.root}: dataset has no images")
         if batch_size < 1 or batch_size % process_count:
@@ -81,6 +92,12 @@ class Loader:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if imgsz % 32:
             raise ValueError(f"imgsz {imgsz} must be a multiple of 32 (the largest stride)")
+        if rect and augment:
+            raise ValueError("rect batches are for validation (augment=False); training uses mosaic or squares")
+        n = len(dataset)
+        self.drop_last = augment if drop_last is None else drop_last
+        if self.drop_last and n < batch_size:
+            batch_size = self._shrunk_batch(dataset, n, batch_size, process_count, batch_multiple)
         self.dataset = dataset
         self.batch_size = batch_size
         self.local_batch = batch_size // process_count
@@ -90,16 +107,17 @@ class Loader:
         self.seed = int(seed)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
         self.mosaic = mosaic and augment
-        self.drop_last = augment if drop_last is None else drop_last
         self.process_index, self.process_count = process_index, process_count
         self.hyp = hyp or aug.AugmentConfig()
         self.epochs, self.close_mosaic = epochs, close_mosaic
         self.prefetch = max(1, prefetch)
         self.fast_decode = augment if fast_decode is None else fast_decode
         self.obb = dataset.obb
-        n = len(dataset)
-        if self.drop_last and n < batch_size:
-            raise ValueError(f"{dataset.root}: {n} images cannot fill one batch of {batch_size} with drop_last")
+        self.rect = bool(rect)
+        self._rect_order, self.batch_shapes = None, None
+        if self.rect:
+            self._rect_order, self.batch_shapes = aug.rect_batch_shapes(
+                np.array([r.shape for r in dataset.records]), batch_size, imgsz, stride, pad)
         self._window = min(n, _MOSAIC_WINDOW_PER_BATCH * batch_size, _MOSAIC_WINDOW_MAX)
         if cache_images is None:
             cache_images = min(n, self._window + (self.prefetch + 1) * batch_size) if self.mosaic else 0
@@ -114,6 +132,32 @@ class Loader:
         self._mosaic_override: bool | None = None
         self._pool: cf.ThreadPoolExecutor | None = None
         self.max_boxes = int(max_boxes) if max_boxes else self.auto_max_boxes()
+
+    @staticmethod
+    def _shrunk_batch(dataset: Dataset, n: int, batch_size: int, process_count: int,
+                      batch_multiple: int | None) -> int:
+        """The batch a drop_last loader on n < batch_size images trains with (warns), or raises ValueError."""
+        if batch_multiple is None:
+            try:
+                import jax
+                batch_multiple = jax.device_count()
+            except Exception:  # pragma: no cover  (no JAX backend: only the host split matters)
+                batch_multiple = 1
+        m = math.lcm(max(1, int(batch_multiple)), process_count)
+        new = n // m * m
+        if new < 1:
+            raise ValueError(f"{dataset.root}: {n} training images cannot fill one batch split over {m} devices "
+                             f"(one image per device at least): add images or use fewer devices")
+        warnings.warn(f"{dataset.root}: only {n} training images, fewer than the batch of {batch_size}: training "
+                      f"with batch {new}{f' (a multiple of the {m} devices)' if m > 1 else ''}", stacklevel=3)
+        return new
+
+    def batch_shape(self, b: int) -> tuple[int, int]:
+        """(h, w) of the images of batch b: the rect batch shape, else the imgsz square."""
+        if self.rect:
+            h, w = self.batch_shapes[b]
+            return int(h), int(w)
+        return self.imgsz, self.imgsz
 
     # ------------------------------------------------------------------------------------ epoch / state
     def __len__(self) -> int:
@@ -152,6 +196,8 @@ class Loader:
     def order(self, epoch: int) -> np.ndarray:
         """Dataset indices in the order of `epoch` (same on every host)."""
         n = len(self.dataset)
+        if self.rect:
+            return self._rect_order
         if not self.shuffle:
             return np.arange(n)
         return np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(n)
@@ -197,7 +243,7 @@ class Loader:
 
     def sample(self, epoch: int, pos: int, order: np.ndarray | None = None, dry: bool = False,
                mosaic: bool | None = None):
-        """Sample at `pos` of `epoch`: (img BGR [S,S,3] or None if dry, targets, ratio_pad, index of the
+        """Sample at `pos` of `epoch`: (img BGR [H,W,3] or None if dry, targets, ratio_pad, index of the
         dataset image it shows). dry: only the targets (no decoding); mosaic: override whether it is on."""
         order = self.order(epoch) if order is None else order
         rng = np.random.default_rng([self.seed, epoch, pos])
@@ -216,10 +262,11 @@ class Loader:
             loaded = [get(j) for j in ([i] + partners if use_mosaic else [i])]
             i = loaded[0][0]
             img, t = aug.train_transform([item for _, item in loaded], self.imgsz, rng, self.hyp)
-            ratio_pad = (0.0, 0.0, 0.0)
+            ratio_pad = (0.0, 0.0, 0.0, 0.0)
         else:
             i, item = get(i)
-            img, t, ratio_pad = aug.val_transform(item, self.dataset[i].shape, self.imgsz)
+            shape = self.batch_shape(pos // self.batch_size) if self.rect else None
+            img, t, ratio_pad = aug.val_transform(item, self.dataset[i].shape, self.imgsz, shape)
         return img, t, ratio_pad, i
 
     def auto_max_boxes(self, samples: int = 256) -> int:
@@ -267,12 +314,12 @@ class Loader:
     def batch(self, epoch: int, b: int) -> dict:
         """Batch b of `epoch` computed in this thread (what iteration yields for that position)."""
         order = self.order(epoch)
-        return self._collate([self._one(epoch, p, order) for p in self.positions(b)])
+        return self._collate([self._one(epoch, p, order) for p in self.positions(b)], self.batch_shape(b))
 
-    def _collate(self, samples: list) -> dict:
-        B, S, M = self.local_batch, self.imgsz, self.max_boxes
+    def _collate(self, samples: list, shape: tuple[int, int]) -> dict:
+        B, M = self.local_batch, self.max_boxes
         out = {
-            "images": np.full((B, S, S, 3), aug.PAD_VALUE, np.uint8),
+            "images": np.full((B, *shape, 3), aug.PAD_VALUE, np.uint8),
             "boxes": np.zeros((B, M, 4), np.float32),
             "classes": np.zeros((B, M), np.int32),
             "mask": np.zeros((B, M), bool),
@@ -281,7 +328,7 @@ class Loader:
             "image_ids": [""] * B,
             "indices": np.full(B, -1, np.int64),
             "orig_shapes": np.zeros((B, 2), np.int32),
-            "ratio_pad": np.zeros((B, 3), np.float32),
+            "ratio_pad": np.zeros((B, 4), np.float32),
         }
         if self.obb:
             out["obb"] = np.zeros((B, M, 5), np.float32)
@@ -310,7 +357,7 @@ class Loader:
         order = self.order(epoch)
         if self.workers <= 0:
             for b in range(start, nb):
-                batch = self._collate([self._one(epoch, p, order) for p in self.positions(b)])
+                batch = self._collate([self._one(epoch, p, order) for p in self.positions(b)], self.batch_shape(b))
                 self._batch = b + 1
                 yield batch
         else:
@@ -323,7 +370,7 @@ class Loader:
                     while nxt < nb and len(pending) <= self.prefetch:
                         pending.append([self._pool.submit(self._one, epoch, p, order) for p in self.positions(nxt)])
                         nxt += 1
-                    batch = self._collate([f.result() for f in pending.popleft()])
+                    batch = self._collate([f.result() for f in pending.popleft()], self.batch_shape(b))
                     self._batch = b + 1
                     yield batch
             finally:

@@ -445,8 +445,8 @@ def _figure():
     return fig, fig.subplots(1, 1)
 
 
-def plot_pr_curve(result: dict, path) -> Path:
-    """Save the precision-recall curve at IoU 0.5 (Ultralytics' PR_curve.png) to `path`."""
+def plot_pr_curve(result: dict, path, title: str = "Precision-Recall Curve") -> Path:
+    """Save the precision-recall curve at IoU 0.5 (Ultralytics' PR_curve.png) to `path`, titled `title`."""
     cur = result["curves"]
     px, py, names, ap50 = cur["px"], cur["prec_values"], cur["names"], cur["ap50"]
     fig, ax = _figure()
@@ -462,7 +462,7 @@ def plot_pr_curve(result: dict, path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    ax.set_title("Precision-Recall Curve")
+    ax.set_title(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=250)

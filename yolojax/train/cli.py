@@ -51,33 +51,47 @@ def config_from_args(args, **overrides):
 
 
 def add_train_args(p: argparse.ArgumentParser, *, epochs: int = 100) -> None:
-    p.add_argument("--data", default=None, help="dataset (YAML/dir of any supported format); default: built-in synthetic")
-    p.add_argument("--format", default=None, help="dataset format (auto-detected)")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--imgsz", type=int, default=None, help="square training size (default 640)")
-    p.add_argument("--batch", type=int, default=None, help="global batch size (default 16)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--optimizer", choices=["sgd", "adamw", "auto"], default=None)
-    p.add_argument("--lr0", type=float, default=None)
-    p.add_argument("--nbs", type=int, default=None, help="nominal batch size for accumulation (default 64)")
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None)
-    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None)
-    p.add_argument("--no-mosaic", dest="mosaic", action="store_false", default=None)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="compute dtype (bfloat16 on GPU/TPU)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--val-every", dest="val_every", type=int, default=None)
-    p.add_argument("--save-every-steps", dest="save_every_steps", type=int, default=None)
-    p.add_argument("--sparsity", type=float, default=None, help="L1 rate on BN gammas (network slimming), e.g. 1e-4")
+    """The training options of `train` and `distill`. None means TrainConfig's default, named in each help."""
+    from .config import TrainConfig
+    d = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    p.add_argument("--data", default=None,
+                   help="dataset (data .yaml, dataset folder or COCO .json, any supported format); default: the "
+                        "built-in synthetic aerial set, generated once under runs/synth/")
+    p.add_argument("--format", default=None, help="annotation format (default: detected)")
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    p.add_argument("--imgsz", type=int, default=None, help=f"square training size (default {d['imgsz']})")
+    p.add_argument("--batch", type=int, default=None, help=f"global batch size (default {d['batch']})")
+    p.add_argument("--workers", type=int, default=None, help=f"data loading processes (default {d['workers']})")
+    p.add_argument("--optimizer", choices=["sgd", "adamw", "auto"], default=None,
+                   help="default auto: Ultralytics' rule (AdamW for short runs, else SGD), which also picks lr0")
+    p.add_argument("--lr0", type=float, default=None, help=f"initial learning rate (default {d['lr0']}, or auto's choice)")
+    p.add_argument("--nbs", type=int, default=None, help=f"nominal batch size for accumulation (default {d['nbs']})")
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None,
+                   help=f"warmup epochs (default {d['warmup_epochs']:g})")
+    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
+                   help=f"turn mosaic off for the last N epochs (default {d['close_mosaic']})")
+    p.add_argument("--no-mosaic", dest="mosaic", action="store_false", default=None, help="never use mosaic")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help=f"compute dtype (default {d['dtype']}; bfloat16 on GPU/TPU)")
+    p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d['seed']})")
+    p.add_argument("--val-every", dest="val_every", type=int, default=None, help=f"validate every N epochs (default {d['val_every']})")
+    p.add_argument("--save-every-steps", dest="save_every_steps", type=int, default=None,
+                   help=f"also save last/ every N steps (default {d['save_every_steps']}: at epoch ends only)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help=f"L1 rate on BN gammas (network slimming), e.g. 1e-4 (default {d['sparsity']:g}: off)")
     p.add_argument("--sparsity-mode", dest="sparsity_mode", choices=["prox", "grad"], default=None,
                    help="prox (default): proximal L1 step after the optimizer, shrink = lr * rate under any "
                         "optimizer; grad: rate * sign(gamma) added to the gradient (only L1 under SGD)")
-    p.add_argument("--sparsity-schedule", dest="sparsity_schedule", choices=["constant", "decay", "dynamic"], default=None)
-    p.add_argument("--sparsity-target", dest="sparsity_target", type=float, default=None)
-    p.add_argument("--sparsity-beta", dest="sparsity_beta", type=float, default=None, help="L1 rate on BN betas")
+    p.add_argument("--sparsity-schedule", dest="sparsity_schedule", choices=["constant", "decay", "dynamic"],
+                   default=None, help=f"how the rate changes over the run (default {d['sparsity_schedule']})")
+    p.add_argument("--sparsity-target", dest="sparsity_target", type=float, default=None,
+                   help=f"dynamic schedule: share of BN gammas to drive to ~0 (default {d['sparsity_target']})")
+    p.add_argument("--sparsity-beta", dest="sparsity_beta", type=float, default=None,
+                   help=f"L1 rate on BN betas (default {d['sparsity_beta']:g})")
     p.add_argument("--coordinator", default=None, help="jax.distributed coordinator host:port (multi-host)")
-    p.add_argument("--num-processes", dest="num_processes", type=int, default=None)
-    p.add_argument("--process-id", dest="process_id", type=int, default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--num-processes", dest="num_processes", type=int, default=None, help="multi-host: hosts")
+    p.add_argument("--process-id", dest="process_id", type=int, default=None, help="multi-host: this host's index")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def sparsity_pieces(cfg, updates_total: int, initial_params=None, weights=None):
@@ -145,6 +159,64 @@ def _recorded_data(rundir: Path) -> str | None:
     return None if data in (None, "builtin-synthetic") else data
 
 
+def _recorded_training_data(model) -> tuple[str | None, str | None]:
+    """(the dataset `model` was trained on, the file that says so), from what training recorded: the checkpoint's
+    meta.json or an .onnx file's metadata (`data`), else the run files at most three folders above it (a train
+    run's args.json, a distill run's distill.json, a compress run's compress_config.json). (None, None) when
+    nothing is recorded (a variant name, an Ultralytics .pt, a bare checkpoint)."""
+    from ..commands import model_meta
+    meta, where = model_meta(model)
+    if meta.get("data"):
+        data = meta["data"]
+        return (str(default_data()) if data == "builtin-synthetic" else str(data)), str(where)
+    p = Path(str(model))
+    if not p.exists():
+        return None, None
+    start = p.resolve() if p.is_dir() else p.resolve().parent
+    for d in [start, *start.parents][:4]:
+        for name in ("args.json", "distill.json"):  # written by `yolojax train` / `yolojax distill`
+            f = d / name
+            if f.is_file():
+                rec = json.loads(f.read_text())
+                if "data" in rec:  # None: the built-in synthetic set
+                    return (str(rec["data"]) if rec["data"] else str(default_data())), str(f)
+        f = d / "compress_config.json"
+        if f.is_file():
+            from ..pipeline import CompressConfig
+            cc = {**dataclasses.asdict(CompressConfig()), **json.loads(f.read_text())}
+            if cc.get("data"):
+                return str(cc["data"]), str(f)
+            return str(default_data(cc["synth_images"], cc["imgsz"], cc["seed"], obb=cc["task"] == "obb",
+                                    zoom=cc["synth_zoom"])), str(f)
+    return None, None
+
+
+def _model_imgsz(model, imgsz: int | None, what: str) -> int:
+    """--imgsz, else the model's own size (else 640), said on stderr (yolojax.commands.resolve_imgsz)."""
+    from ..commands import resolve_imgsz
+    return resolve_imgsz(model, imgsz, what=what)
+
+
+def _resolve_val_data(args) -> None:
+    """`yolojax val` defaults: without --data the model's own training data when it is recorded (else a one-line
+    refusal, not another dataset), without --imgsz the model's own size. Says on stderr what it used."""
+    from ..errors import UserError
+    if args.data:
+        print(f"val: data {args.data} [{args.split}] (--data)", file=sys.stderr)
+    else:
+        data, where = _recorded_training_data(args.model)
+        if data is None:
+            raise UserError(f"{args.model} records no training data: give --data DATASET (a data .yaml, a dataset "
+                            f"folder or a COCO .json) to validate on")
+        if not Path(data).exists():
+            raise UserError(f"{args.model} was trained on {data} (recorded in {where}), which is not here: give "
+                            f"--data DATASET")
+        args.data = data
+        print(f"val: data {data} [{args.split}] (the model's training data, recorded in {where}; --data to "
+              f"change)", file=sys.stderr)
+    args.imgsz = _model_imgsz(args.model, args.imgsz, "val")
+
+
 def cmd_train(args) -> int:
     check_args(args)
     from .distributed import maybe_initialize
@@ -200,6 +272,7 @@ def cmd_train(args) -> int:
 
 def cmd_val(args) -> int:
     check_args(args)
+    _resolve_val_data(args)
     from ..api import load
     from ..data import load_dataset
     from ..errors import UserError
@@ -220,7 +293,15 @@ def cmd_val(args) -> int:
     if args.save_dota and not obb:
         raise UserError("--save-dota writes oriented boxes: it needs an OBB model")
     imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
-    loader = val_loader(ds, args.batch, imgsz, args.workers)
+    rect = args.rect
+    if predict is not None and rect:  # an .onnx: rect batches need a graph with symbolic height and width
+        from .validate import onnx_fixed_size
+        if onnx_fixed_size(args.model):
+            if args.rect_given:
+                print(f"{args.model} has a fixed input size: validating in {imgsz}x{imgsz} squares, not rect "
+                      "batches (export with --dynamic for rect)", file=sys.stderr)
+            rect = False
+    loader = val_loader(ds, args.batch, imgsz, args.workers, rect=rect)
     metrics, dets = run_validation(det.spec, det.variables, loader, conf=args.conf, iou=args.iou, predict=predict,
                                    collect=bool(args.save_json or args.save_dota), progress=not args.json)
     loader.close()
@@ -248,6 +329,7 @@ def cmd_val(args) -> int:
 
 def cmd_predict(args) -> int:
     check_args(args)
+    args.imgsz = _model_imgsz(args.model, args.imgsz, "predict")
     import cv2
     import jax
     import numpy as np
@@ -257,9 +339,9 @@ def cmd_predict(args) -> int:
     from ..eval.boxes import scale_boxes
     from ..eval.obb import scale_rboxes
     from ..eval.rotated import rbox_corners
-    from ..viz import draw_detections, letterbox_image
+    from ..api import predictor
+    from ..viz import draw_detections, letterbox_batch
     from ..errors import OutputExistsError, UserError
-    from .step import make_predict
     src = Path(args.source)
     if not src.exists():
         raise UserError(f"{src}: no such file or directory")
@@ -279,7 +361,9 @@ def cmd_predict(args) -> int:
         raise UserError("--tile merges oriented boxes across tiles: it needs an OBB model")
     out.mkdir(parents=True, exist_ok=True)
     imgsz = args.imgsz or int(det.meta.get("imgsz", 640))
-    predict = jax.jit(make_predict(det.spec, conf=args.conf, iou=args.iou, max_det=args.max_det))
+    # As Ultralytics predict: the best class of each box (no multi-label), one image at a time letterboxed with
+    # minimal padding to a multiple of 32 (each new input shape compiles once).
+    predict = predictor(det.spec, args.conf, args.iou, args.max_det, False)
     results = []
     for f in files:
         img = cv2.imread(str(f))
@@ -290,11 +374,11 @@ def cmd_predict(args) -> int:
             boxes, scores, classes = predict_tiled(predict, det.variables, img, imgsz=imgsz, tile=args.tile,
                                                    overlap=args.tile_overlap, max_det=args.max_det)
         else:
-            x, ratio_pad = letterbox_image(img, imgsz)
-            r = jax.device_get(predict(det.variables, x[None]))
+            x, (lb,) = letterbox_batch([img], imgsz)
+            r = jax.device_get(predict(det.variables, x))
             keep = r["valid"][0]
-            boxes = (scale_rboxes(r["boxes"][0][keep], ratio_pad) if obb
-                     else scale_boxes(r["boxes"][0][keep], ratio_pad, img.shape[:2]))
+            boxes = (scale_rboxes(r["boxes"][0][keep], lb.rbox_ratio_pad()) if obb
+                     else scale_boxes(np.asarray(r["boxes"][0][keep], np.float64), lb.box_ratio_pad(), img.shape[:2]))
             scores, classes = r["scores"][0][keep], r["classes"][0][keep]
         if obb:
             polys = rbox_corners(np.asarray(boxes, np.float64))
@@ -317,6 +401,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+class _RectAction(argparse.Action):
+    """--rect / --no-rect, remembering that the user chose (args.rect_given)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.rect = option_string == "--rect"
+        namespace.rect_given = True
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a YOLOv8 (Ultralytics defaults; data-parallel over all devices)")
     p.add_argument("--model", default="yolov8n", help="variant (yolov8n..x, tiny) or checkpoint/.pt to start from")
@@ -327,31 +419,53 @@ def register(sub) -> None:
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("val", help="mAP of a model on a dataset (COCO-style numbers, pycocotools-compatible JSON)")
-    p.add_argument("model")
-    p.add_argument("--data", default=None)
-    p.add_argument("--format", default=None)
-    p.add_argument("--split", default="val")
-    p.add_argument("--imgsz", type=int, default=None)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--conf", type=float, default=0.001)
-    p.add_argument("--iou", type=float, default=0.7)
+    p = sub.add_parser("val", help="mAP of a model on a dataset (COCO-style numbers, pycocotools-compatible JSON)",
+                       description="Validate a model: mAP50, mAP50-95, precision, recall, COCO APs/APm/APl "
+                                   "(Ultralytics' matching and 101-point AP; conf 0.001, NMS IoU 0.7). Without "
+                                   "--data, the model's own training data when its checkpoint or run records it.")
+    p.add_argument("model", help="checkpoint dir, run dir (its best/, else last/), Ultralytics .pt/.npz, or an "
+                                 "exported .onnx (run in ONNX Runtime)")
+    p.add_argument("--data", default=None,
+                   help="dataset: data .yaml, dataset folder or COCO .json (default: the model's training data, "
+                        "when recorded)")
+    p.add_argument("--format", default=None, help="annotation format (default: detected)")
+    p.add_argument("--split", default="val", help="split of --data to score")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="image size (default: the model's own: its training size, or an .onnx input size)")
+    p.add_argument("--batch", type=int, default=16, help="images per batch (rect batches depend on it: Ultralytics' val uses 16)")
+    p.add_argument("--workers", type=int, default=4, help="data loading processes")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold before NMS (keep it low for mAP)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    p.add_argument("--rect", action=_RectAction, nargs=0, default=True,
+                   help="rectangular batches, as Ultralytics' val (default): images in order of aspect ratio, "
+                        "each batch letterboxed to its own shape (a multiple of 32, half a stride of margin)")
+    p.add_argument("--no-rect", dest="rect", action=_RectAction, nargs=0,
+                   help="letterbox every image to the imgsz square instead")
     p.add_argument("--json", action="store_true", help="print one JSON object (map50, map50_95, ...)")
     p.add_argument("--save-json", dest="save_json", default=None,
-                   help="write detections here (COCO format; OBB models: rbox + poly rows)")
+                   help="write detections to this file (COCO format: bbox [x, y, w, h] in original-image pixels; "
+                        "OBB models: rbox + poly rows)")
     p.add_argument("--save-dota", dest="save_dota", default=None, help="OBB: DOTA task-1 result files in this dir")
-    p.add_argument("--plots", default=None, help="directory for the PR curve")
-    p.set_defaults(func=cmd_val)
+    p.add_argument("--plots", default=None, help="directory for the PR curve (PR_curve.png)")
+    p.set_defaults(func=cmd_val, rect_given=False)
 
-    p = sub.add_parser("predict", help="detect objects in images and draw them")
-    p.add_argument("model")
-    p.add_argument("source", help="image file or directory")
-    p.add_argument("--save-dir", dest="save_dir", default="runs/predict")
-    p.add_argument("--imgsz", type=int, default=None)
-    p.add_argument("--conf", type=float, default=0.25)
-    p.add_argument("--iou", type=float, default=0.7)
-    p.add_argument("--max-det", dest="max_det", type=int, default=300)
-    p.add_argument("--tile", type=int, default=0, help="OBB: run on overlapping tiles of this size (large images)")
-    p.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=200, help="overlap of the tiles (px)")
+    p = sub.add_parser("predict", help="detect objects in images and draw them",
+                       description="Detect objects in an image or a folder of images. Writes SAVE_DIR/<image>.jpg "
+                                   "with the boxes drawn and SAVE_DIR/predictions.json: one entry per image, "
+                                   "{image, detections: [{box: [x1, y1, x2, y2] (pixels of the original image, "
+                                   "top-left and bottom-right corners), score, class (index), name}]}; OBB "
+                                   "models give rbox [cx, cy, w, h, angle in radians] and poly [x1, y1, ..., x4, "
+                                   "y4] instead of box.")
+    p.add_argument("model", help="checkpoint dir, run dir (its best/, else last/), Ultralytics .pt/.npz or a "
+                                 "variant name (random weights)")
+    p.add_argument("source", help="image file or directory (searched recursively)")
+    p.add_argument("--save-dir", dest="save_dir", default="runs/predict",
+                   help="where the drawn images and predictions.json go")
+    p.add_argument("--imgsz", type=int, default=None, help="image size (default: the model's training size, else 640)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    p.add_argument("--max-det", dest="max_det", type=int, default=300, help="most detections kept per image")
+    p.add_argument("--tile", type=int, default=0,
+                   help="OBB: run on overlapping tiles of this size in px (large images; 0: off)")
+    p.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=200, help="overlap of the tiles in px")
     p.set_defaults(func=cmd_predict)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -324,8 +325,17 @@ class Trainer:
         if getattr(self, "_guard", None) is None:
             self._guard = DivergenceGuard(jax.device_get(self.state.params))
         for batch in loader:
+            compiling = not getattr(self, "_step_ready", False)
+            if compiling:  # XLA compiles the step on its first call: minutes of silence would look like a hang
+                tqdm.write("compiling the training step (once per process; `yolojax` caches it on disk, so a "
+                           "rerun with the same model and shapes starts faster) ...", file=sys.stderr)
+                t_compile = time.time()
             self.state, metrics = self._step(self.state, device_batch(batch, self.data_sharding), self.teacher)
             m = jax.device_get(metrics)
+            if compiling:
+                self._step_ready = True
+                tqdm.write(f"first training step done in {time.time() - t_compile:.1f} s (compilation included)",
+                           file=sys.stderr)
             where = lambda: f"epoch {self.epoch + 1}, batch {loader.state()['batch']}"  # noqa: E731
             if not bool(m["finite"]):
                 raise self._diverged(
@@ -363,7 +373,7 @@ class Trainer:
         bar.close()
         logs = {k: v / max(n, 1) for k, v in sums.items()}
         logs["epoch_time_s"] = time.time() - t0
-        logs["images_per_s"] = n * cfg.batch / max(logs["epoch_time_s"], 1e-9)
+        logs["images_per_s"] = n * self.train_loader.batch_size / max(logs["epoch_time_s"], 1e-9)
         return logs
 
     def fit(self, stop_after_steps: int | None = None) -> dict:
