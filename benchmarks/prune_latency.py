@@ -22,21 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pruning import LayerRatio, prune
+from pruning.latency import cpu_model as cpu_name
 from yolojax.model import YOLOv8, init_variables
 from yolojax.model.counting import count_flops, count_params
 from yolojax.model.spec import yolov8_spec
 
 ROOT = Path(__file__).resolve().parent
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:

@@ -12,6 +12,8 @@ EPILOG = """examples:
   yolojax prune runs/sparse/best -o runs/pruned --threshold 0.01               # network slimming
   yolojax prune runs/sparse/best -o runs/pruned --ratio 0.4 --policy group --rule head=0.2 --rule P3=0.2
   yolojax prune runs/sparse/best -o runs/pruned --target-flops 14.0            # budget: GFLOPs at --imgsz
+  yolojax prune runs/sparse/best -o runs/pruned --target-ms 12 --backend onnxruntime --imgsz 320
+                                     # latency target, by a latency table measured on this machine (cached)
 selectors (--rule/--skip): tags joined by '/' (backbone|neck|head, conv|c2f|sppf|detect, P1..P5,
   residual|split_a|split_b|hidden|out|box|cls|angle), or a group-name glob like 'model_22/cv3_*'."""
 
@@ -31,11 +33,16 @@ def _rules(items) -> tuple:
 
 def make_policy(args):
     """The Policy the command-line options describe."""
-    from .policy import Budget, GlobalRatio, GlobalThreshold, GroupPolicy, LayerRatio
+    from .policy import Budget, GlobalRatio, GlobalThreshold, GroupPolicy, LatencyTarget, LayerRatio
 
     common = dict(round_to=args.round_to, min_channels=args.min_channels, importance=args.importance,
                   reduce=args.reduce, skip=tuple(args.skip or ()))
     rules = _rules(args.rule)
+    if getattr(args, "target_ms", None) is not None:
+        if rules or args.policy != "global":
+            raise SystemExit("--target-ms ranks channels globally by importance per ms: leave out --rule/--policy")
+        return LatencyTarget(target_ms=args.target_ms, backend=args.backend, imgsz=args.imgsz, batch=args.batch,
+                             threads=args.threads, table=args.latency_table, prune_below=args.prune_below, **common)
     if rules and args.policy == "global":
         raise SystemExit("--rule needs --policy group or layer")
     budget = args.target_flops is not None or args.target_params is not None
@@ -69,6 +76,12 @@ def policy_words(policy) -> str:
     rules = f" ({', '.join(f'{k}={v:g}' for k, v in d['rules'])})" if d.get("rules") else ""
     skip = f", never {', '.join(d['skip'])}" if d.get("skip") else ""
     rounding = f"; kept channels a multiple of {d.get('round_to', 1)}, at least {d.get('min_channels', 1)} a group"
+    if kind == "LatencyTarget":
+        zero = (f"channels with |gamma| < {d['prune_below']:g} first, then " if d.get("prune_below") is not None
+                else "")
+        return (f"latency target <= {d['target_ms']:g} ms on {d['backend']} at {d['imgsz']} px batch {d['batch']} "
+                f"(measured latency table): {zero}the least {d.get('importance', 'bn')} importance lost per ms "
+                f"saved{skip}{rounding}")
     if kind == "Budget":
         targets = []
         if d.get("target_gflops") is not None:
@@ -140,6 +153,57 @@ def _check_output(out: Path, source: str, force: bool) -> None:
                                 f"--force")
 
 
+def _check_latency_args(args) -> None:
+    from yolojax.errors import UserError
+    if not (args.target_ms > 0):
+        raise UserError(f"--target-ms must be a positive number of milliseconds, got {args.target_ms:g}")
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.imgsz % 32:
+        raise UserError(f"--imgsz must be a multiple of 32 (the model's largest stride), got {args.imgsz}")
+    if args.backend == "tensorrt":  # the one-line error before anything is loaded or measured
+        from .latency import backend_version
+        backend_version("tensorrt")
+
+
+def latency_report(det, new_spec, new_vars, model, args) -> dict:
+    """Predicted (table) and measured (end-to-end, interleaved, medians) latency before and after."""
+    import tempfile
+
+    import numpy as np
+
+    from .latency import end_to_end_runner, time_interleaved
+    st = model.table.settings
+    out = {"backend": args.backend, "imgsz": args.imgsz, "batch": args.batch, "threads": st["threads"],
+           "target_ms": args.target_ms, "table": str(model.table.path),
+           "predicted_ms_before": round(model.predict(), 3), "predicted_ms_after": round(model.predict_spec(new_spec), 3),
+           "table_settings": st}
+    if args.measure_runs > 0:
+        print(f"prune: measuring before/after end to end on {args.backend} ({args.measure_runs} interleaved runs)",
+              file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="yolojax-prune-") as work:
+            fns = [end_to_end_runner(s, v, args.backend, args.imgsz, args.batch, st["threads"], work)
+                   for s, v in ((det.spec, det.variables), (new_spec, new_vars))]
+            times = time_interleaved(fns, args.measure_runs, warmup=3)
+        for tag, t in zip(("before", "after"), times):
+            out[f"measured_ms_{tag}"] = round(float(np.median(t)), 3)
+            out[f"measured_p10_p90_{tag}"] = [round(float(np.percentile(t, q)), 3) for q in (10, 90)]
+        out["measured_runs"] = args.measure_runs
+        out["met"] = bool(out["measured_ms_after"] <= args.target_ms * 1.1)
+    return out
+
+
+def format_latency(lat: dict) -> str:
+    lines = [f"latency on {lat['backend']} at {lat['imgsz']} px batch {lat['batch']} (target {lat['target_ms']:g} ms):",
+             f"  predicted {lat['predicted_ms_before']:>9.2f} -> {lat['predicted_ms_after']:>9.2f} ms  "
+             f"(table {lat['table']})"]
+    if "measured_ms_after" in lat:
+        lines.append(f"  measured  {lat['measured_ms_before']:>9.2f} -> {lat['measured_ms_after']:>9.2f} ms  "
+                     f"(median of {lat['measured_runs']} interleaved runs; p10-p90 after "
+                     f"{lat['measured_p10_p90_after'][0]:.2f}-{lat['measured_p10_p90_after'][1]:.2f})")
+    return "\n".join(lines)
+
+
 def cmd_prune(args) -> int:
     from yolojax import load
     from yolojax.checkpoint import save_model
@@ -152,11 +216,22 @@ def cmd_prune(args) -> int:
     out = Path(args.output)
     _check_output(out, args.checkpoint, args.force)
     args.imgsz = resolve_imgsz(args.checkpoint, args.imgsz, what="prune")  # the size FLOPs and budgets refer to
+    latency = args.target_ms is not None
+    if latency:
+        _check_latency_args(args)
     policy = make_policy(args)
     print(f"prune: {policy_words(policy)}", file=sys.stderr)
     det = load(args.checkpoint)
+    if latency:  # measure (or read from the cache) the table before pruning: its progress on stderr
+        from .latency import latency_model
+        model = latency_model(det.spec, backend=args.backend, imgsz=args.imgsz, batch=args.batch,
+                              threads=args.threads, table=args.latency_table, reps=args.table_reps,
+                              variables=det.variables, log=lambda m: print(m, file=sys.stderr))
+        object.__setattr__(policy, "model", model)
     new_spec, new_vars = prune(det.spec, det.variables, policy)
     report = prune_report(det.spec, new_spec, args.imgsz)
+    if latency:
+        report["latency"] = latency_report(det, new_spec, new_vars, policy.model, args)
     if args.ratio and not (args.target_flops or args.target_params):
         got = 1.0 - report["channels_after"] / max(report["channels_before"], 1)
         if got < args.ratio - 0.01:
@@ -166,6 +241,8 @@ def cmd_prune(args) -> int:
     record = {"policy": policy.describe(), "source": str(args.checkpoint),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "imgsz": args.imgsz,
               **{k: report[k] for k in ("params_before", "params_after", "gflops_before", "gflops_after")}}
+    if latency:
+        record["latency"] = {k: v for k, v in report["latency"].items() if k != "table_settings"}
     meta = {k: v for k, v in dict(det.meta).items() if k not in ("saved_at",)}
     meta["pruning"] = list(meta.get("pruning", [])) + [record]
     save_model(out, new_spec, new_vars, meta, force=args.force)  # atomic: replaces OUT, so reports come after it
@@ -178,6 +255,8 @@ def cmd_prune(args) -> int:
                          default=str))
     else:
         print(table)
+        if latency:
+            print(format_latency(report["latency"]))
         print(f"\n{policy_words(policy)}: wrote {out} (a normal checkpoint: yolojax.load / val / train / "
               f"export read it), prune_report.txt/.json, channels.png")
     return 0
@@ -195,6 +274,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--threshold", type=float, help="remove channels whose importance (|gamma| summed over coupled BNs) is below")
     how.add_argument("--target-flops", type=float, help="GFLOPs budget at --imgsz (searched)")
     how.add_argument("--target-params", type=int, help="parameter budget (searched)")
+    how.add_argument("--target-ms", type=float,
+                     help="latency target in ms on --backend at --imgsz/--batch, by a latency table measured on "
+                          "this machine (cached per machine and backend)")
     p.add_argument("--policy", choices=("global", "group", "layer"), default="global",
                    help="global ranking, per (part, scale, kind) class, or the same share per layer")
     p.add_argument("--rule", action="append", metavar="SEL=V", help="group/layer: ratio or threshold per selector")
@@ -206,4 +288,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None,
                    help="image size of FLOPs and --target-flops (default: the model's training size, else 640)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    lat = p.add_argument_group("latency target (--target-ms)")
+    lat.add_argument("--backend", choices=("onnxruntime", "jax", "tensorrt"), default="onnxruntime",
+                     help="deployment backend the latency table is measured on")
+    lat.add_argument("--batch", type=int, default=1, help="deployment batch size")
+    lat.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the cores)")
+    lat.add_argument("--latency-table", default=None,
+                     help="latency table JSON (default: ~/.cache/yolojax/latency/<backend>-...-<machine>.json; "
+                          "measured where missing)")
+    lat.add_argument("--table-reps", type=int, default=15, help="timed repeats per point when measuring the table")
+    lat.add_argument("--measure-runs", type=int, default=30,
+                     help="interleaved end-to-end runs to measure latency before/after (0: predicted only)")
+    lat.add_argument("--prune-below", type=float, default=None,
+                     help="remove channels whose BN |gamma| is below this first (what a sparse stage zeroed)")
     p.set_defaults(func=cmd_prune)

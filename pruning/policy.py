@@ -234,3 +234,51 @@ class Budget(Policy):
         if not hasattr(base, "at_level"):
             raise ValueError(f"Budget cannot search over {type(base).__name__}")
         object.__setattr__(self, "base", base)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LatencyTarget(Policy):
+    """Prune until the *measured* latency model of a deployment backend predicts <= target_ms (HALP-style):
+    channels with BN |gamma| < prune_below go first (free), then, one round_to step at a time, the group whose
+    next step loses the least importance per millisecond saved. See `pruning.latency`.
+
+    The latency model (a `pruning.latency.LatencyModel` of the spec being pruned) is built from the cached
+    per-machine table on first use, or given as `model=` (tests, or a table measured elsewhere)."""
+
+    target_ms: float
+    backend: str = "onnxruntime"
+    imgsz: int = 640
+    batch: int = 1
+    threads: int | None = None
+    table: str | None = None
+    prune_below: float | None = None
+    model: object = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.target_ms, (int, float)) and self.target_ms > 0 and math.isfinite(self.target_ms)):
+            raise ValueError(f"target_ms must be a positive number of milliseconds, got {self.target_ms!r}")
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.pop("model", None)
+        return d
+
+    def latency_model(self, spec, variables=None):
+        from .latency import latency_model
+        if self.model is not None and getattr(self.model, "spec", None) == spec:
+            return self.model
+        m = latency_model(spec, backend=self.backend, imgsz=self.imgsz, batch=self.batch, threads=self.threads,
+                          table=self.table, variables=variables)
+        object.__setattr__(self, "model", m)
+        return m
+
+    def plan_counts(self, spec, variables, groups, scores):
+        """(scores with near-zero channels ranked last, kept count per group): called by `prune.plan`."""
+        from .latency import plan_latency_counts
+        from .prune import near_zero_masks
+        zero = None
+        if self.prune_below is not None:
+            zero = near_zero_masks(spec, variables, self.prune_below)
+            scores = {k: np.where(zero[k], -1.0, v) for k, v in scores.items()}
+        return scores, plan_latency_counts(self.latency_model(spec, variables), groups, scores, self, zero)

@@ -153,6 +153,8 @@ def plan(spec: Spec, variables: Mapping, policy: Policy) -> dict[str, np.ndarray
             # near-zero channels rank below every other channel, so every count removes them first
             scores = {k: np.where(zero[k], -1.0, v) for k, v in scores.items()}
         counts = _budget_counts(spec, groups, scores, policy, zero)
+    elif hasattr(policy, "plan_counts"):  # a policy that needs the spec itself (LatencyTarget)
+        scores, counts = policy.plan_counts(spec, variables, groups, scores)
     else:
         counts = policy.keep_counts(groups, scores)
     return masks_from_counts(scores, counts)

@@ -69,6 +69,7 @@ class CompressConfig:
     # baseline's GFLOPs (default: half). Budgets search the least pruning of `policy` that fits.
     prune_ratio: float | None = None
     target_flops: float | None = None
+    target_ms: float | None = None    # latency target (ms, ONNX Runtime on this machine, batch 1): pruning.LatencyTarget
     flops_ratio: float | None = 0.5
     # global | group | layer (layer + prune_ratio 0.5 = the seed paper's uniform recipe). After the near-zero
     # channels go, the rest of the budget is found by this ranking. Measured on the sparse model (160 px): the
@@ -431,6 +432,9 @@ def _prune(cc: CompressConfig, model, d: Path, train=None, meta=None):
         raise ValueError(f"unknown pruning policy {cc.policy!r}; one of {sorted(by_policy)}")
     if cc.prune_ratio:
         policy = by_policy[cc.policy](ratio=cc.prune_ratio, **kw)
+    elif cc.target_ms:
+        policy = pruning.LatencyTarget(target_ms=cc.target_ms, backend="onnxruntime", imgsz=cc.imgsz,
+                                       prune_below=cc.prune_below, **kw)
     else:
         target = cc.target_flops or cc.flops_ratio * count_flops(model.spec, cc.imgsz)
         base = None if cc.policy == "global" else by_policy[cc.policy](ratio=0.0, **kw)
@@ -496,6 +500,9 @@ def add_compress_args(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prune-ratio", type=float, default=None, help="share of channels to remove (by --policy)")
     g.add_argument("--target-flops", type=float, default=None, help="GFLOPs budget at --imgsz (found by search)")
+    g.add_argument("--target-ms", type=float, default=None,
+                   help="latency target in ms (ONNX Runtime on this machine at --imgsz, batch 1; a measured "
+                        "latency table, cached) in place of the GFLOPs budget")
     g.add_argument("--flops-ratio", type=float, default=f["flops_ratio"],
                    help="GFLOPs budget as a share of the baseline's")
     p.add_argument("--policy", default=f["policy"], choices=["global", "group", "layer"],
