@@ -95,7 +95,7 @@ def test_every_option_of_every_command_has_help_and_the_defaults_formatter():
     (("predict",), ["(default: 0.25)", "(default: runs/predict)", "predictions.json", "[x1, y1, x2, y2]"]),
     (("benchmark",), ["(default: onnxruntime)", "(default: 50)", "input shape"]),
     (("export",), ["(default: onnx)", "trained at"]),
-    (("compress",), ["(default: 0.002)", "(default: 60)", "(default: runs/compress)", "(default: cwd)"]),
+    (("compress",), ["(default: 0.002)", "(default: 80)", "(default: runs/compress)", "(default: cwd)"]),
     (("data",), ["tile"]),
     (("data", "tile"), ["tile size"]),
 ])
