@@ -19,11 +19,9 @@ def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114) -> 
     """Resize keeping the aspect ratio (cv2.INTER_LINEAR), then pad to `new_shape` (h, w) centred: Ultralytics'
     LetterBox(auto=False, scaleup=True), pixel for pixel (`yolojax.data.augment.letterbox_params`).
     img [H,W,3] uint8 -> [h,w,3] uint8."""
-    from yolojax.data.augment import letterbox_params
-    _, (nh, nw), (top, bottom, left, right) = letterbox_params(img.shape[:2], tuple(new_shape))
-    if (nh, nw) != img.shape[:2]:
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
+    from yolojax.data.augment import letterbox_params, resize_pad
+    _, size, pads = letterbox_params(img.shape[:2], tuple(new_shape))
+    return resize_pad(img, size, pads, color)
 
 
 def image_files(source: str | Path) -> list[Path]:

@@ -49,11 +49,10 @@ def letterbox_image(image_bgr: np.ndarray, imgsz: int | tuple[int, int], *, auto
     The output is [imgsz, imgsz, 3] (or the given (h, w)); with auto=True only padded to the next multiple of
     `stride` (Ultralytics predict on a single image). See `letterbox_batch` for predict's full rule and the
     per-axis gains Ultralytics maps boxes back with."""
-    from .data.augment import letterbox_params
-    r, (nh, nw), (top, bottom, left, right) = letterbox_params(image_bgr.shape[:2], imgsz, auto=auto, stride=stride)
-    img = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != image_bgr.shape[:2] else image_bgr
-    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (r, float(left), float(top))
+    from .data.augment import letterbox_params, resize_pad
+    r, size, pads = letterbox_params(image_bgr.shape[:2], imgsz, auto=auto, stride=stride)
+    img = resize_pad(image_bgr, size, pads)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (r, float(pads[2]), float(pads[0]))
 
 
 class Letterboxed(NamedTuple):

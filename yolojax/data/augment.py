@@ -144,12 +144,21 @@ def letterbox(img: np.ndarray | None, t: Targets, shape: tuple[int, int], new: i
     Returns (img or None, targets, ratio, (padx, pady)); boxes map x -> x*ratio + padx. The image is
     [h_out, w_out, 3] with h_out = resized h + top + bottom.
     """
-    r, (nh, nw), (top, bottom, left, right) = letterbox_params(shape, new, scaleup, auto=auto, stride=stride)
+    r, size, pads = letterbox_params(shape, new, scaleup, auto=auto, stride=stride)
     if img is not None:
-        if (img.shape[0], img.shape[1]) != (nh, nw):
-            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    return img, t.affine(r, r, left, top), r, (left, top)
+        img = resize_pad(img, size, pads)
+    return img, t.affine(r, r, pads[2], pads[0]), r, (pads[2], pads[0])
+
+
+def resize_pad(img: np.ndarray, size: tuple[int, int], pads: tuple[int, int, int, int],
+               color: int = PAD_VALUE) -> np.ndarray:
+    """The pixels of a letterbox: resize to `size` (h, w) with cv2.INTER_LINEAR (skipped when already that
+    size), then pad (top, bottom, left, right) with `color`; `size` and `pads` from `letterbox_params`."""
+    nh, nw = size
+    if (img.shape[0], img.shape[1]) != (nh, nw):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    top, bottom, left, right = pads
+    return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
 
 
 def rect_batch_shapes(shapes: np.ndarray, batch: int, imgsz: int, stride: int = 32, pad: float = 0.5):
