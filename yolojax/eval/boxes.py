@@ -86,13 +86,10 @@ def clip_boxes(boxes, shape: Sequence[int]):
     return xp.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
 
 
-def scale_boxes(boxes, ratio_pad, orig_shape: Sequence[int]):
-    """Letterboxed-input pixels -> original image pixels, clipped to the original image.
-
-    boxes [..., 4] xyxy in the network input; ratio_pad = (ratio, padx, pady) where ratio is the
-    resize gain (a float, or (gain_w, gain_h)) and padx/pady the left/top padding in pixels;
-    orig_shape = (h, w) of the original image. Returns [..., 4] xyxy.
-    """
+def unletterbox_boxes(boxes, ratio_pad):
+    """Letterboxed-input pixels -> original image pixels, unclipped (what Ultralytics matches to the ground
+    truth). boxes [..., 4] xyxy in the network input; ratio_pad = (ratio, padx, pady) where ratio is the
+    resize gain (a float, or (gain_w, gain_h)) and padx/pady the left/top padding in pixels. Returns [..., 4]."""
     if len(ratio_pad) != 3:
         raise ValueError(f"ratio_pad must be (ratio, padx, pady), got {ratio_pad!r}")
     ratio, padx, pady = ratio_pad
@@ -100,4 +97,9 @@ def scale_boxes(boxes, ratio_pad, orig_shape: Sequence[int]):
     xp, b = _xp(boxes), _as_float(boxes)
     pad = xp.asarray([padx, pady, padx, pady], dtype=b.dtype)
     gain = xp.asarray([rw, rh, rw, rh], dtype=b.dtype)
-    return clip_boxes((b - pad) / gain, orig_shape)
+    return (b - pad) / gain
+
+
+def scale_boxes(boxes, ratio_pad, orig_shape: Sequence[int]):
+    """`unletterbox_boxes`, then clipped to the original image of shape (h, w)."""
+    return clip_boxes(unletterbox_boxes(boxes, ratio_pad), orig_shape)

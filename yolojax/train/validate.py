@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from ..eval.boxes import clip_boxes
+from ..eval.boxes import clip_boxes, unletterbox_boxes
 from ..eval.metrics import DetectionMetrics
 from ..eval.obb import OBBMetrics, scale_rboxes
 from ..model.spec import STRIDES, Spec
@@ -37,14 +37,6 @@ def onnx_fixed_size(path) -> tuple[int, int] | None:
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     hw = [d.dim_value if d.HasField("dim_value") else 0 for d in list(dims)[2:4]]
     return (hw[0], hw[1]) if len(hw) == 2 and all(v > 0 for v in hw) else None
-
-
-def unletterbox(boxes: np.ndarray, ratio_pad) -> np.ndarray:
-    """xyxy boxes [N,4] in the letterboxed input -> original pixels, unclipped. ratio_pad = (ratio_x, ratio_y,
-    padx, pady), a row of the loader's `ratio_pad`."""
-    rx, ry, px, py = (float(v) for v in ratio_pad)
-    b = np.asarray(boxes, np.float64)
-    return (b - [px, py, px, py]) / [rx, ry, rx, ry]
 
 
 def run_validation(spec: Spec, variables: dict, loader, *, conf: float = 0.001, iou: float = 0.7,
@@ -84,7 +76,8 @@ def run_validation(spec: Spec, variables: dict, loader, *, conf: float = 0.001, 
                 boxes = scale_rboxes(out["boxes"][k][keep], (float(r), float(rp[2]), float(rp[3])))
                 matched = boxes
             else:
-                matched = unletterbox(out["boxes"][k][keep], rp)
+                matched = unletterbox_boxes(np.asarray(out["boxes"][k][keep], np.float64),
+                                            ((float(rp[0]), float(rp[1])), float(rp[2]), float(rp[3])))
                 boxes = clip_boxes(matched, orig)
             scores, classes = out["scores"][k][keep], out["classes"][k][keep]
             rec = loader.dataset[int(batch["indices"][k])]  # by index: stems may repeat across folders
