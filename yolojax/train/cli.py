@@ -331,16 +331,13 @@ def cmd_predict(args) -> int:
     check_args(args)
     args.imgsz = _model_imgsz(args.model, args.imgsz, "predict")
     import cv2
-    import jax
     import numpy as np
     from ..api import load
     from ..data.imageio import IMG_SUFFIXES, is_image
     from ..data.tiling import predict_tiled
-    from ..eval.boxes import scale_boxes
-    from ..eval.obb import scale_rboxes
     from ..eval.rotated import rbox_corners
     from ..api import predictor
-    from ..viz import draw_detections, letterbox_batch
+    from ..viz import draw_detections
     from ..errors import OutputExistsError, UserError
     src = Path(args.source)
     if not src.exists():
@@ -374,12 +371,8 @@ def cmd_predict(args) -> int:
             boxes, scores, classes = predict_tiled(predict, det.variables, img, imgsz=imgsz, tile=args.tile,
                                                    overlap=args.tile_overlap, max_det=args.max_det)
         else:
-            x, (lb,) = letterbox_batch([img], imgsz)
-            r = jax.device_get(predict(det.variables, x))
-            keep = r["valid"][0]
-            boxes = (scale_rboxes(r["boxes"][0][keep], lb.rbox_ratio_pad()) if obb
-                     else scale_boxes(np.asarray(r["boxes"][0][keep], np.float64), lb.box_ratio_pad(), img.shape[:2]))
-            scores, classes = r["scores"][0][keep], r["classes"][0][keep]
+            (r,) = det.predict(img, imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det)
+            boxes, scores, classes = r["rboxes" if obb else "boxes"], r["scores"], r["classes"]
         if obb:
             polys = rbox_corners(np.asarray(boxes, np.float64))
             drawn = draw_detections(img, None, scores, classes, det.names, polygons=polys)
