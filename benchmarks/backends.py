@@ -3,8 +3,7 @@
     .venv/bin/python benchmarks/backends.py [--runs 30] [--variants n s] [--imgsz 640]
 
 Writes benchmarks/results/backends.json and .md. Pruned models come from `pruning.prune(spec, variables,
-LayerRatio(0.5))` (the seed paper's uniform 50%, kept counts rounded to multiples of 8) when the pruning
-package is importable, else from `export.testing.uniform_prune` (same widths rule). Weights are random
+LayerRatio(0.5))` (the seed paper's uniform 50%, kept counts rounded to multiples of 8). Weights are random
 (latency does not depend on their values). Each pair (unpruned, pruned) is timed interleaved in one process,
 ONNX Runtime with spinning off and intra-op threads = cores; medians are quoted.
 """
@@ -23,11 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pruned_model(spec, variables):
-    try:
-        from pruning import LayerRatio, prune
-    except ImportError:
-        from export.testing import uniform_prune
-        return (*uniform_prune(spec, variables, 0.5, multiple=8), "export.testing.uniform_prune(0.5, multiple=8)")
+    from pruning import LayerRatio, prune
     return (*prune(spec, variables, LayerRatio(ratio=0.5)), "pruning.prune(LayerRatio(ratio=0.5))")
 
 

@@ -12,22 +12,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolojax.model.spec import HEAD_INPUTS, Spec
+from yolojax.model.spec import Spec
 
 from .losses import SCALES
 
 
 def neck_widths(spec: Spec) -> dict[str, int]:
-    """{'p3': C3, 'p4': C4, 'p5': C5}: widths of the Detect inputs."""
-    return {k: spec.layer_out(i) for k, i in zip(SCALES, HEAD_INPUTS)}
+    """{'p3': C3, 'p4': C4, 'p5': C5} (and 'p2' for P2 models): widths of the Detect inputs, finest first."""
+    g = spec.graph
+    return {lv.key: g.nodes[lv.feature].channels for lv in g.levels}
 
 
 def needed_scales(student: Spec, teacher: Spec, adapters: bool | None = None) -> tuple[str, ...]:
     """Scales that get an adapter: None (auto) -> where widths differ; True -> all; False -> none."""
     ws, wt = neck_widths(student), neck_widths(teacher)
     if adapters is None:
-        return tuple(k for k in SCALES if ws[k] != wt[k])
-    return SCALES if adapters else ()
+        return tuple(k for k in ws if ws[k] != wt[k])
+    return tuple(ws) if adapters else ()
 
 
 def init_adapters(rng: jax.Array | int, student_widths: Mapping[str, int], teacher_widths: Mapping[str, int],

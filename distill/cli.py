@@ -20,8 +20,9 @@ def _floats(text: str) -> tuple[float, ...]:
         vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 2,1,1") from None
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 3 weights (P3,P4,P5)")
+    if not 1 <= len(vals) <= 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 1-4 weights, finest level first (P3,P4,P5; "
+                                         "P2,P3,P4,P5 for a P2 model)")
     return vals
 
 
@@ -108,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output (needs --teacher)")
     g = p.add_argument_group("distillation")
     g.add_argument("--tau", type=float, default=None, help="CWD temperature (default 1)")
-    g.add_argument("--weights", type=_floats, default=None, help="per-scale weights P3,P4,P5 (default 2,1,1)")
+    g.add_argument("--weights", type=_floats, default=None, help="per-level weights, finest first: P3,P4,P5 (P2,... for a P2 model; a "
+                   "short list repeats its last value) (default 2,1,1)")
     g.add_argument("--loss-weight", dest="loss_weight", type=float, default=None,
                    help="multiplies the whole distillation loss (default 1)")
     g.add_argument("--cwd-weight", dest="cwd_weight", type=float, default=None, help="CWD weight (default 5)")

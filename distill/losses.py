@@ -16,7 +16,16 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-SCALES = ("p3", "p4", "p5")
+SCALES = ("p3", "p4", "p5")  # a YOLOv8's Detect levels (P2 models add "p2"); models return features keyed so
+
+
+def level_weights(weights: Sequence[float], n: int) -> tuple[float, ...]:
+    """Per-level weights, finest level first, for a model with `n` Detect levels: a shorter tuple is extended
+    with its last value ((2, 1, 1) -> (2, 1, 1, 1) for P2-P5: the finest level keeps the extra weight)."""
+    w = tuple(float(v) for v in weights)
+    if not w or len(w) > n:
+        raise ValueError(f"expected at most {n} per-level weights (finest first), got {w}")
+    return w + (w[-1],) * (n - len(w))
 
 
 def _f32(x) -> jax.Array:
@@ -47,12 +56,15 @@ def cwd_loss(student: jax.Array, teacher: jax.Array, tau: float = 1.0) -> jax.Ar
 
 
 def multi_scale(loss_fn, student: Mapping[str, jax.Array], teacher: Mapping[str, jax.Array],
-                weights: Sequence[float] = (1.0, 1.0, 1.0), **kw) -> tuple[jax.Array, dict]:
-    """sum_k weights[k] * loss_fn(student[k], teacher[k], **kw) over p3, p4, p5 -> (total, {scale: unweighted})."""
-    if len(weights) != len(SCALES):
-        raise ValueError(f"expected {len(SCALES)} per-scale weights (P3, P4, P5), got {tuple(weights)}")
-    parts = {k: loss_fn(student[k], teacher[k], **kw) for k, w in zip(SCALES, weights) if w}
-    total = sum((w * parts[k] for k, w in zip(SCALES, weights) if w), jnp.zeros((), jnp.float32))
+                weights: Sequence[float] = (1.0,), **kw) -> tuple[jax.Array, dict]:
+    """sum_k weights[k] * loss_fn(student[k], teacher[k], **kw) over the levels of `student` (finest first:
+    p3, p4, p5, with p2 before them for P2 models; weights as `level_weights`) -> (total, {level: unweighted})."""
+    if set(student) != set(teacher):
+        raise ValueError(f"student levels {sorted(student)} but teacher levels {sorted(teacher)}")
+    keys = list(student)
+    weights = level_weights(weights, len(keys))
+    parts = {k: loss_fn(student[k], teacher[k], **kw) for k, w in zip(keys, weights) if w}
+    total = sum((w * parts[k] for k, w in zip(keys, weights) if w), jnp.zeros((), jnp.float32))
     return total, parts
 
 

@@ -23,7 +23,7 @@ from yolojax.model.spec import Spec
 from yolojax.model.yolov8 import YOLOv8
 
 from . import adapters as ad
-from .losses import SCALES, cwd_loss, logit_kd_loss, multi_scale, sad_loss
+from .losses import cwd_loss, logit_kd_loss, multi_scale, sad_loss
 
 TERMS = ("cwd", "sad", "logit")
 METHODS = ("none", "cwd", "sad", "logit", "cwd+logit", "sad+logit", "cwd+sad", "cwd+sad+logit")
@@ -62,7 +62,7 @@ class DistillConfig:
 
     method: str = "cwd"
     tau: float = 1.0                              # CWD temperature
-    scale_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)  # P3, P4, P5 (CWD and SAD)
+    scale_weights: tuple[float, ...] = (2.0, 1.0, 1.0)  # per level, finest first (CWD, SAD); see level_weights
     loss_weight: float = 1.0                      # global multiplier of the whole distillation loss
     cwd_weight: float = 5.0
     sad_weight: float = 500.0
@@ -80,8 +80,9 @@ class DistillConfig:
     def __post_init__(self):
         parse_method(self.method)
         sw = tuple(float(w) for w in self.scale_weights)
-        if len(sw) != 3 or any(w < 0 for w in sw):
-            raise ValueError(f"scale_weights must be 3 non-negative numbers (P3, P4, P5), got {self.scale_weights}")
+        if not 1 <= len(sw) <= 4 or any(w < 0 for w in sw):
+            raise ValueError(f"scale_weights must be 1-4 non-negative numbers (finest level first), got "
+                             f"{self.scale_weights}")
         object.__setattr__(self, "scale_weights", sw)
         if self.tau <= 0 or self.logit_tau <= 0:
             raise ValueError(f"temperatures must be > 0, got tau={self.tau}, logit_tau={self.logit_tau}")
@@ -102,7 +103,7 @@ class DistillConfig:
 
 def check_pair(teacher: Spec, student: Spec) -> None:
     """Teacher and student must predict the same thing."""
-    for what in ("nc", "task", "reg_max"):
+    for what in ("nc", "task", "reg_max", "strides"):
         a, b = getattr(teacher, what), getattr(student, what)
         if a != b:
             raise ValueError(f"teacher and student differ in {what}: {a} vs {b}; distillation needs the same head")
@@ -114,7 +115,7 @@ def adapter_scales(teacher: Spec, student: Spec, dcfg: DistillConfig) -> tuple[s
         return ()
     scales = ad.needed_scales(student, teacher, dcfg.adapters)
     ws, wt = ad.neck_widths(student), ad.neck_widths(teacher)
-    missing = [k for k in SCALES if ws[k] != wt[k] and k not in scales]
+    missing = [k for k in ws if ws[k] != wt[k] and k not in scales]
     if missing:
         raise ValueError(f"CWD compares channels one to one, but the student's {', '.join(missing)} widths "
                          f"({', '.join(str(ws[k]) for k in missing)}) differ from the teacher's "

@@ -57,12 +57,10 @@ def machine_info() -> dict:
 
 def _load_detector(model: str):
     from yolojax.api import load
-    from yolojax.model.spec import SCALES
-    base = model.removeprefix("yolov8").removesuffix(".yaml").removesuffix("-obb")
-    if base in SCALES and not Path(model).exists():
+    from yolojax.model.spec import is_model_name, yolov8_spec
+    if is_model_name(model):
         from yolojax.api import Detector
-        from yolojax.model.spec import yolov8_spec
-        return Detector.create(yolov8_spec(model.removeprefix("yolov8").removesuffix(".yaml"), 80))
+        return Detector.create(yolov8_spec(model.removesuffix(".yaml"), 80))
     return load(model)
 
 
@@ -84,7 +82,7 @@ def jax_candidate(model, imgsz: int, batch: int, half: bool, name: str | None = 
     variables = jax.device_put(det.variables)
     x = jax.device_put(np.random.default_rng(0).random((batch, imgsz, imgsz, 3), dtype=np.float32))
     run = lambda: jax.block_until_ready(fn(variables, x))  # noqa: E731
-    return Candidate(name or str(model if not hasattr(model, "spec") else f"yolov8{det.spec.variant}"), run,
+    return Candidate(name or str(model if not hasattr(model, "spec") else det.spec.name), run,
                      {"backend": "jax", **_model_info(det.spec, imgsz)})
 
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .onnx_emit import ANGLE_TENSOR, BOXES_TENSOR, SCORES_TENSOR, read_metadata
+from .onnx_emit import decoded_tensors, read_metadata, spec_from_onnx
 
 # ONNX ops TensorRT 10's parser supports (onnx-tensorrt docs/operators.md), restricted to those a detector
 # export may reasonably contain. Einsum is left out on purpose (slow or unsupported on older TensorRT).
@@ -190,7 +190,8 @@ def _run_graph(proto: onnx.ModelProto, x: np.ndarray, nc: int, nms: str, angle: 
         if angle:
             got["angle"] = out0[:, 4 + nc:]
         return got
-    names = [BOXES_TENSOR, SCORES_TENSOR] + ([ANGLE_TENSOR] if angle else [])
+    dec = decoded_tensors(spec_from_onnx(proto))
+    names = [dec["boxes"], dec["scores"]] + ([dec["angle"]] if angle else [])
     sess = ort_session(_with_outputs(proto, names).SerializeToString())
     return dict(zip(["boxes", "scores", "angle"], sess.run(names, {name: x})))
 

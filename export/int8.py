@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import onnx
+
+from yolojax.model.graph import lower
+
+from .check import _with_outputs, ort_session, reference_outputs, unsupported_ops
+from .images import CalibrationDataError, load_images
+from .onnx_emit import body_node_names, decoded_tensors, read_metadata, spec_from_onnx
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "tensorrt")
@@ -48,19 +53,24 @@ TARGET_PRESETS: dict[str, dict[str, Any]] = {
     "tensorrt": {"activation": "int8", "symmetric_activations": True, "op_types": ("Conv",),
                  "no_output_q": ("Conv",)},
 }
-# Emitter names: head final convs `model_22/cv{2,3,4}_{lvl}_2/Conv`; their reshapes `model_22/cv{2,3,4}_{lvl}/...`;
-# DFL, decode, score sigmoid, angle, the branch concats, NMS and the output concat.
-_HEAD_CONVS = re.compile(r"^model_22/cv\d_\d+_2/")
-_DECODE = re.compile(r"^(model_22/(dfl/|decode/|scores|angle/|dist/|logit/|cv\d_\d+/)|nms/|output0)")
 # Chunk of calibration batches per collection pass for histogram calibrators, which hold every activation
 # of every image of a pass in memory (yolov8n 640: ~0.2 GB per image).
 _HIST_CHUNK = 8
 
 
-def float_tail_nodes(model: onnx.ModelProto, keep_head_float: bool = True) -> list[str]:
-    """Names of the nodes left in float: DFL, decode, sigmoid, NMS, and (keep_head_float) the head's final convs."""
+def float_tail_nodes(model: onnx.ModelProto, keep_head_float: bool = True, spec=None) -> list[str]:
+    """Names of the nodes left in float: everything the emitter writes under the Detect layer's name that is
+    not a node of the spec's graph (reshapes, DFL, decode, score sigmoid, angle, the branch concats), NMS and
+    the output concat; with keep_head_float also the head's final plain convs (graph roles box/cls/angle).
+    `spec`: the model's spec (default: the one in its metadata)."""
+    spec = spec if spec is not None else spec_from_onnx(model)
+    graph = lower(spec)
+    body = {name for names in body_node_names(spec).values() for name in names}
+    head_convs = {f"{n.path}/Conv" for n in graph.head_outputs}
+    prefix = f"{graph.head_name}/"
     return [n.name for n in model.graph.node
-            if _DECODE.match(n.name) or (keep_head_float and _HEAD_CONVS.match(n.name))]
+            if (n.name.startswith(prefix) and n.name not in body) or n.name.startswith(("nms/", "output0"))
+            or (keep_head_float and n.name in head_convs)]
 
 
 class _Reader:
@@ -123,9 +133,6 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .check import ort_session, reference_outputs, unsupported_ops
-    from .images import CalibrationDataError, load_images
-    from .onnx_emit import read_metadata
 
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
@@ -223,9 +230,8 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         return [np.concatenate(o) for o in zip(*outs)]
 
     if meta.get("nms", "none") != "none":
-        from .check import _with_outputs
-        from .onnx_emit import BOXES_TENSOR, SCORES_TENSOR
-        names = [BOXES_TENSOR, SCORES_TENSOR]
+        dec = decoded_tensors(spec_from_onnx(proto))
+        names = [dec["boxes"], dec["scores"]]
         got_f, got_q = ({"boxes": b, "scores": s} for b, s in
                         (run(_with_outputs(m, names).SerializeToString(), names) for m in (proto, q)))
     else:

@@ -1,8 +1,9 @@
-"""ONNX graph emitted from the Spec, one emitter per module kind of `yolojax/model/modules.py`.
+"""ONNX graph emitted from the Spec: a fold over its lowered graph (`yolojax.model.graph`), one ONNX op per node.
 
 jax2tf -> tf2onnx no longer works on current JAX (see DESIGN.md §5), so the graph is written directly from the
-same Spec and variables the Flax model reads, walking `LAYERS` exactly as `YOLOv8.__call__` does. A pruned
-spec (any widths, uneven C2f splits) is just another spec.
+same Spec and variables the Flax model reads, folding over the same nodes `YOLOv8.__call__` folds over, and
+ONNX nodes are named after them (`model_2/m_0/cv1/Conv`, `model_2/Split`). A pruned spec (any widths, uneven
+C2f splits) or another architecture (YOLOv8-P2: four levels, strides 4-32) is just another spec.
 
 Graph contract (see docs/export.md):
   input  `images`  float32 [B, 3, H, W] (NCHW, RGB, values in [0, 1]). dynamic: B, H, W symbolic (`batch`,
@@ -10,7 +11,8 @@ Graph contract (see docs/export.md):
          computed in the graph from the feature-map shapes, and A is symbolic (`anchors`).
   output `output0` float32 [B, 4 + nc, A] (detect) or [B, 4 + nc + 1, A] (obb): rows cx, cy, w, h in input
          pixels, then the nc sigmoid class scores, then (obb) the angle in radians; A = sum of (H/s)(W/s)
-         over strides 8, 16, 32, P3 anchors first, row-major -- the layout of Ultralytics' ONNX export.
+         over the strides (8, 16, 32; 4-32 for P2), finest level first, row-major -- the layout of
+         Ultralytics' ONNX export.
   nms='ort' (ONNX NonMaxSuppression, runs in ONNX Runtime / TensorRT >= 8.5):
          `output0` float32 [B, max_det, 6] rows (x1, y1, x2, y2, score, class), sorted by score, zero padded,
          and `num_dets` int64 [B]: class-aware multi-label NMS like Ultralytics' predict.
@@ -34,15 +36,35 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from yolojax.model.modules import BN_EPS
-from yolojax.model.spec import DETECT, HEAD_INPUTS, LAYERS, STRIDES, Spec
+from yolojax.model.graph import Add, Concat, Conv, Input, MaxPool, Part, Split, Upsample, lower
+from yolojax.model.spec import Spec
 
 DEFAULT_OPSET = 17  # TensorRT 8.6+ parses it; ONNX Runtime runs up to the newest
 MIN_OPSET = 13  # Split/ReduceSum/Softmax semantics used here
 OUTPUT_LAYOUT = ("output0 [B, 4+nc(+1 angle for obb), A]: cx, cy, w, h (input pixels), nc sigmoid scores"
                  "(, angle radians); anchors P3 first, row-major")
 NMS_KINDS = ("ort", "trt")
-# Names of the decoded tensors that feed `output0` (or the NMS): check.py reads them from NMS graphs.
-BOXES_TENSOR, SCORES_TENSOR, ANGLE_TENSOR = "model_22/decode/boxes", "model_22/scores", "model_22/angle/Mul"
+
+
+def decoded_tensors(spec: Spec) -> dict[str, str]:
+    """Names of the decoded tensors that feed `output0` (or the NMS): boxes, scores (and angle for obb)."""
+    d = lower(spec).head_name
+    out = {"boxes": f"{d}/decode/boxes", "scores": f"{d}/scores"}
+    if spec.task == "obb":
+        out["angle"] = f"{d}/angle/Mul"
+    return out
+
+
+def body_node_names(spec: Spec) -> dict[str, list[str]]:
+    """ONNX node names the emitter gives each graph node: {graph node name: [ONNX node names]} (Part nodes
+    have none: they are outputs of their Split). Everything else in an emitted model is decode or NMS."""
+    out: dict[str, list[str]] = {}
+    for n in lower(spec).nodes:
+        if isinstance(n, Conv):
+            out[n.name] = [f"{n.path}/Conv"] + ([f"{n.path}/Sigmoid", f"{n.path}/SiLU"] if n.bn else [])
+        elif not isinstance(n, (Input, Part)):
+            out[n.name] = [n.name]
+    return out
 
 
 def _max_opset() -> int:
@@ -128,118 +150,91 @@ class Emitter:
         return g.op("Conv", [x, wn, bn], f"{path}/Conv", kernel_shape=[k, k], strides=[stride, stride],
                     pads=[p, p, p, p], dilations=[1, 1], group=1)
 
-    def emit_conv(self, x: str, path: str, k: int, stride: int = 1) -> str:
-        cout = self.spec.width(path)
-        w, b = self.conv_weights(path, self.ch[x], cout, k)
-        y = self.conv_node(x, path, w, b, k, stride)
-        sig = self.g.op("Sigmoid", [y], f"{path}/Sigmoid")
-        out = self.g.op("Mul", [y, sig], f"{path}/SiLU")
-        self.ch[out] = cout
+    def emit_conv(self, x: str, n: Conv) -> str:
+        if not n.bn:  # plain conv with bias (Detect's final 1x1s): no BN to fold, no activation
+            p = _sub(self.params, n.path)
+            w = np.asarray(p["kernel"], np.float64)
+            if w.shape != (n.k, n.k, self.ch[x], n.channels):
+                raise ValueError(f"{n.path}: kernel shape {w.shape} but the spec graph needs "
+                                 f"{(n.k, n.k, self.ch[x], n.channels)}")
+            out = self.conv_node(x, n.path, w.transpose(3, 2, 0, 1), np.asarray(p["bias"], np.float64), n.k, n.s)
+        else:
+            w, b = self.conv_weights(n.path, self.ch[x], n.channels, n.k)
+            y = self.conv_node(x, n.path, w, b, n.k, n.s)
+            sig = self.g.op("Sigmoid", [y], f"{n.path}/Sigmoid")
+            out = self.g.op("Mul", [y, sig], f"{n.path}/SiLU")
+        self.ch[out] = n.channels
         return out
 
-    def emit_concat(self, xs: Sequence[str], name: str) -> str:
-        out = self.g.op("Concat", list(xs), f"{name}/Concat", axis=1)
-        self.ch[out] = sum(self.ch[x] for x in xs)
-        return out
-
-    # -- Bottleneck, C2f, SPPF ------------------------------------------------------------------------
-    def emit_bottleneck(self, x: str, path: str, shortcut: bool) -> str:
-        y = self.emit_conv(self.emit_conv(x, f"{path}/cv1", 3), f"{path}/cv2", 3)
-        if shortcut:
-            if self.ch[x] != self.ch[y]:
-                raise ValueError(f"{path}: residual Bottleneck needs equal widths, got {self.ch[x]} -> {self.ch[y]}")
-            out = self.g.op("Add", [x, y], f"{path}/Add")
-            self.ch[out] = self.ch[y]
-            return out
-        return y
-
-    def emit_c2f(self, x: str, i: int, shortcut: bool) -> str:
-        p = f"model_{i}"
-        a, b = self.spec.split(p)
-        y = self.emit_conv(x, f"{p}/cv1", 1)
-        parts = self.g.op("Split", [y, self.g.const([a, b])], f"{p}/Split", n_out=2, axis=1)
-        self.ch[parts[0]], self.ch[parts[1]] = a, b
-        for j in range(self.spec.n_bottlenecks(i)):
-            parts.append(self.emit_bottleneck(parts[-1], f"{p}/m_{j}", shortcut))
-        return self.emit_conv(self.emit_concat(parts, p), f"{p}/cv2", 1)
-
-    def emit_sppf(self, x: str, i: int, k: int) -> str:
-        p = f"model_{i}"
-        ys = [self.emit_conv(x, f"{p}/cv1", 1)]
-        for j in range(3):
-            ys.append(self.g.op("MaxPool", [ys[-1]], f"{p}/MaxPool_{j}", kernel_shape=[k, k], strides=[1, 1],
-                                pads=[k // 2] * 4))
-            self.ch[ys[-1]] = self.ch[ys[0]]
-        return self.emit_conv(self.emit_concat(ys, p), f"{p}/cv2", 1)
-
-    def emit_upsample(self, x: str, name: str) -> str:
-        # asymmetric + floor at an integer scale is exactly jnp.repeat(2) on H and W.
-        out = self.g.op("Resize", [x, "", self.g.const([1, 1, 2, 2], np.float32)], f"{name}/Resize",
-                        mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-        self.ch[out] = self.ch[x]
-        return out
-
-    # -- the backbone and neck ------------------------------------------------------------------------
-    def emit_backbone_neck(self, x: str) -> list[str]:
-        outs: dict[int, str] = {}
-        for i, kind, frm, _, _, kw in LAYERS:
-            name = f"model_{i}"
-            if kind == "Conv":
-                x = self.emit_conv(x, name, kw["k"], kw["s"])
-            elif kind == "C2f":
-                x = self.emit_c2f(x, i, kw["shortcut"])
-            elif kind == "SPPF":
-                x = self.emit_sppf(x, i, kw["k"])
-            elif kind == "Upsample":
-                x = self.emit_upsample(x, name)
-            elif kind == "Concat":
-                x = self.emit_concat([x, outs[frm[1]]], name)
-            outs[i] = x
-        return [outs[i] for i in HEAD_INPUTS]
+    # -- the body: one op per graph node ----------------------------------------------------------------
+    def emit_body(self, x: str) -> list:
+        """Every node of the spec's graph; returns each node's value (a tensor name; a Split's: a list)."""
+        g = self.g
+        vals: list = []
+        for n in lower(self.spec).nodes:
+            ins = [vals[i] for i in n.inputs]
+            if isinstance(n, Input):
+                v = x
+            elif isinstance(n, Conv):
+                v = self.emit_conv(ins[0], n)
+            elif isinstance(n, Split):
+                v = g.op("Split", [ins[0], g.const(list(n.sizes))], n.name, n_out=len(n.sizes), axis=1)
+                for name, c in zip(v, n.sizes):
+                    self.ch[name] = c
+            elif isinstance(n, Part):
+                v = ins[0][n.index]
+            elif isinstance(n, Concat):
+                v = g.op("Concat", ins, n.name, axis=1)
+            elif isinstance(n, Add):
+                if len({self.ch[i] for i in ins}) != 1:
+                    raise ValueError(f"{n.name}: residual needs equal widths, got {[self.ch[i] for i in ins]}")
+                v = g.op("Add", ins, n.name)
+            elif isinstance(n, MaxPool):
+                v = g.op("MaxPool", ins, n.name, kernel_shape=[n.k, n.k], strides=[1, 1], pads=[n.k // 2] * 4)
+            elif isinstance(n, Upsample):
+                # asymmetric + floor at an integer scale is exactly jnp.repeat on H and W.
+                v = g.op("Resize", [ins[0], "", g.const([1, 1, n.factor, n.factor], np.float32)], n.name,
+                         mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+            else:  # pragma: no cover
+                raise TypeError(f"ONNX emitter: no rule for {type(n).__name__} ({n.name})")
+            if not isinstance(v, list) and not isinstance(n, Conv):
+                self.ch[v] = n.channels
+            vals.append(v)
+        return vals
 
     # -- Detect -----------------------------------------------------------------------------------------
-    def emit_branch(self, x: str, prefix: str, out: int) -> str:
-        """Conv3x3 -> Conv3x3 -> conv1x1 with bias (no BN); the last conv's outputs are fixed (`out`)."""
-        y = self.emit_conv(self.emit_conv(x, f"{prefix}_0", 3), f"{prefix}_1", 3)
-        p = _sub(self.params, f"{prefix}_2")
-        w = np.asarray(p["kernel"], np.float64)
-        if w.shape != (1, 1, self.ch[y], out):
-            raise ValueError(f"{prefix}_2: kernel shape {w.shape} but the spec graph needs {(1, 1, self.ch[y], out)}")
-        return self.conv_node(y, f"{prefix}_2", w.transpose(3, 2, 0, 1), np.asarray(p["bias"], np.float64), 1, 1)
-
-    def emit_detect(self, feats: Sequence[str], imgsz: tuple[int, int] | None) -> dict[str, str]:
+    def emit_detect(self, vals: Sequence, imgsz: tuple[int, int] | None) -> dict[str, str]:
         """-> {'boxes': [B,4,A] cx,cy,w,h px, 'scores': [B,nc,A] (+ 'angle': [B,1,A])}, all float32.
 
         imgsz None: H and W are symbolic; anchor counts are -1 in reshapes and the anchor grid and strides
         are computed from each level's feature-map shape in the graph (`emit_anchor_grid`)."""
-        g, spec = self.g, self.spec
-        d, nc, rm = f"model_{DETECT}", spec.nc, spec.reg_max
+        g, spec, graph = self.g, self.spec, lower(self.spec)
+        d, rm = graph.head_name, spec.reg_max
         obb = spec.task == "obb"
+        key = {"box": "dist", "cls": "logit", "angle": "angle"}
         branches: dict[str, list[str]] = {"dist": [], "logit": [], "angle": []}
         shapes = []
-        for lvl, (x, s) in enumerate(zip(feats, STRIDES)):
+        for lv in graph.levels:
             if imgsz is not None:
-                h, w = imgsz[0] // s, imgsz[1] // s
+                h, w = imgsz[0] // lv.stride, imgsz[1] // lv.stride
                 shapes.append((h, w))
-            for key, prefix, out in (("dist", "cv2", 4 * rm), ("logit", "cv3", nc), ("angle", "cv4", 1)):
-                if key == "angle" and not obb:
-                    continue
-                y = self.emit_branch(x, f"{d}/{prefix}_{lvl}", out)
+            for role, nid in lv.outputs:
+                n = graph.nodes[nid]
+                branch = n.path.rsplit("_", 1)[0]  # model_22/cv2_0: the branch the final conv ends
                 hw = h * w if imgsz is not None else -1
-                y = g.op("Reshape", [y, g.const([0, out, hw])], f"{d}/{prefix}_{lvl}/Reshape")
+                y = g.op("Reshape", [vals[nid], g.const([0, n.channels, hw])], f"{branch}/Reshape")
                 if g.half:
-                    y = g.op("Cast", [y], f"{d}/{prefix}_{lvl}/Cast", to=TensorProto.FLOAT)
-                branches[key].append(y)
+                    y = g.op("Cast", [y], f"{branch}/Cast", to=TensorProto.FLOAT)
+                branches[key[role]].append(y)
         cat = {k: g.op("Concat", v, f"{d}/{k}/Concat", axis=2) for k, v in branches.items() if v}
         if imgsz is not None:
             a = sum(h * w for h, w in shapes)
-            anchors, strides = anchor_grid(shapes, STRIDES)  # [2,A] grid units, [A]
+            anchors, strides = anchor_grid(shapes, graph.strides)  # [2,A] grid units, [A]
             anc = g.init(f"{d}/anchors", anchors[None])  # [1,2,A]
             stride = g.init(f"{d}/strides", strides.reshape(1, 1, a))
         else:
             a = -1
-            anc, stride = self.emit_anchor_grid(feats)
-
+            anc, stride = self.emit_anchor_grid([vals[lv.feature] for lv in graph.levels], graph.strides, d)
         # DFL: softmax over the bins, expectation with arange(reg_max).
         dist = g.op("Reshape", [cat["dist"], g.const([0, 4, rm, a])], f"{d}/dfl/Reshape")
         prob = g.op("Softmax", [dist], f"{d}/dfl/Softmax", axis=2)
@@ -275,15 +270,15 @@ class Emitter:
         return out
 
 
-    def emit_anchor_grid(self, feats: Sequence[str]) -> tuple[str, str]:
+    def emit_anchor_grid(self, feats: Sequence[str], strides: Sequence[int], head: str) -> tuple[str, str]:
         """Anchor centres [1,2,A] (x, y grid units + 0.5) and strides [1,1,A] from the runtime shapes of the
         Detect inputs [B,C,H/s,W/s], P3 first, row-major: `anchor_grid` as graph ops (Shape, Range, Expand) for
         symbolic H, W, as Ultralytics' `make_anchors(feats)`. Only `Shape` reads a feature map (in an INT8
         export, its dequantized copy: no extra Q/DQ); the grid is computed in float under decode/, the tail an
         INT8 export never quantizes (grid units reach 160)."""
-        g, d = self.g, f"model_{DETECT}/decode/anchors"
+        g, d = self.g, f"{head}/decode/anchors"
         pts, sts = [], []
-        for lvl, (x, s) in enumerate(zip(feats, STRIDES)):
+        for lvl, (x, s) in enumerate(zip(feats, strides)):
             n = f"{d}/{lvl}"
             shp = g.op("Shape", [x], f"{n}/Shape")  # [4] int64: B, C, H, W
             hw = g.op("Slice", [shp, g.const([2]), g.const([4]), g.const([0])], f"{n}/hw")  # [2]: H, W
@@ -417,8 +412,8 @@ def emit_onnx(spec: Spec, variables: Mapping, *, imgsz: int | Sequence[int] = 64
     if half:
         x = g.op("Cast", [x], "images/Cast", to=TensorProto.FLOAT16)
     em.ch[x] = 3
-    heads = em.emit_detect(em.emit_backbone_neck(x), None if dynamic else (h, w))
-    a: Any = "anchors" if dynamic else sum((h // s) * (w // s) for s in STRIDES)
+    heads = em.emit_detect(em.emit_body(x), None if dynamic else (h, w))
+    a: Any = "anchors" if dynamic else sum((h // s) * (w // s) for s in spec.strides)
     no = spec.num_outputs
 
     f32 = TensorProto.FLOAT
@@ -438,7 +433,7 @@ def emit_onnx(spec: Spec, variables: Mapping, *, imgsz: int | Sequence[int] = 64
                    helper.make_tensor_value_info("det_scores", f32, [bdim, max_det]),
                    helper.make_tensor_value_info("det_classes", TensorProto.INT32, [bdim, max_det])]
 
-    graph = helper.make_graph(g.nodes, f"yolov8{spec.variant}{'-obb' if spec.task == 'obb' else ''}",
+    graph = helper.make_graph(g.nodes, spec.name,
                               [helper.make_tensor_value_info("images", f32, [bdim, 3, hdim, wdim])], outputs,
                               initializer=g.inits)
     opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("TRT", 1)] if nms == "trt" else [])
@@ -465,13 +460,13 @@ def model_metadata(spec: Spec, imgsz: tuple[int, int], *, batch: int, dynamic: b
     """metadata_props, with Ultralytics' keys (names as a dict literal, stride, imgsz, task, batch) plus ours."""
     names = spec.names or tuple(f"class{i}" for i in range(spec.nc))
     meta = {
-        "description": f"yolojax YOLOv8{spec.variant}{'-obb' if spec.task == 'obb' else ''} nc={spec.nc}",
+        "description": f"yolojax {spec.name.replace('yolov8', 'YOLOv8')} nc={spec.nc}",
         "author": "yolojax",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "version": _version(),
         "task": spec.task,
-        "stride": str(max(STRIDES)),
-        "strides": json.dumps(list(STRIDES)),
+        "stride": str(max(spec.strides)),
+        "strides": json.dumps(list(spec.strides)),
         "batch": str(batch),
         "dynamic": str(bool(dynamic)),
         "half": str(bool(half)),

@@ -1,10 +1,12 @@
-"""Channel dependency groups of a YOLOv8, derived from the spec by walking `yolojax.model.spec.LAYERS`.
+"""Channel dependency groups of a YOLOv8, a fold over the spec's graph (`yolojax.model.graph.lower`).
 
 A group is a set of channels that must be kept or removed together: one keep-mask of `size` entries shared
 by every member. Members are *producers* (a Conv+BN whose output channels [start, start+size) are the group)
 and *consumers* (a conv reading the group at input channels [offset, offset+size)). The walk carries each
 tensor as a list of segments (group, size, sources), so concats, upsampling, SPPF's four-way concat and the
-Detect branches get their offsets by construction, not from per-variant tables.
+Detect branches get their offsets by construction, not from per-variant tables: every Conv+BN starts a group,
+a Split cuts its (fresh) group into one group per part, an Add folds the new branch's producer into the
+residual's group, max pooling and upsampling pass segments through, and a Conv consumes what it reads.
 
 `sources` names the producers whose outputs add up to what a consumer reads: one producer for a plain
 output; in a residual chain (C2f with shortcut) the value after Bottleneck j is cv1's part b plus the
@@ -17,9 +19,8 @@ import fnmatch
 import functools
 import math
 
-from yolojax.model.spec import DETECT, HEAD_INPUTS, LAYERS, Spec
-
-BACKBONE_END = 9  # layers 0..9 are the backbone, 10..21 the neck, 22 the head
+from yolojax.model.graph import Add, Concat, Conv, Input, MaxPool, Part, Split, Upsample, lower
+from yolojax.model.spec import Spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +53,12 @@ class Group:
     size: int
     producers: tuple[Producer, ...]
     consumers: tuple[Consumer, ...]
-    layer: int          # graph index of the producing layer (22 for Detect)
+    layer: int          # architecture layer of the producing node (the Detect layer for head groups)
     part: str           # backbone | neck | head
     kind: str           # conv | c2f | sppf | detect
     role: str           # out | split_a | split_b | residual | hidden | sppf_hidden | box | cls | angle
     stride: int         # feature stride of the group's tensor (2..32)
+    split: tuple[str, int] | None = None  # (spec.splits key, part index) of a C2f split part
 
     @property
     def scale(self) -> str:
@@ -90,6 +92,7 @@ class _Builder:
     stride: int
     producers: list = dataclasses.field(default_factory=list)
     consumers: list = dataclasses.field(default_factory=list)
+    split: tuple[str, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,83 +102,71 @@ class _Seg:
     sources: tuple[int, ...]
 
 
-def _part(i: int) -> str:
-    return "backbone" if i <= BACKBONE_END else ("neck" if i < DETECT else "head")
-
-
 @functools.lru_cache(maxsize=64)
 def build_groups(spec: Spec) -> tuple[Group, ...]:
     """Every dependency group of `spec`, in execution order. Cached: specs are hashable."""
+    g = lower(spec)
     groups: dict[str, _Builder] = {}
+    vals: list[list[_Seg]] = []  # per node: the segments of its output
 
-    def new(name, path, size, layer, kind, role, stride, start=0) -> _Seg:
-        if name in groups:
-            raise AssertionError(f"duplicate group {name}")
-        groups[name] = _Builder(name, size, layer, _part(layer), kind, role, stride, [Producer(path, start)])
-        return _Seg(name, size, (0,))
+    for n in g.nodes:
+        ins = [vals[i] for i in n.inputs]
+        if isinstance(n, Input):
+            v: list[_Seg] = []  # the image: 3 channels that belong to no group
+        elif isinstance(n, Conv):
+            off = 0
+            for seg in ins[0]:
+                groups[seg.group].consumers.append(Consumer(n.path, off, seg.sources, bias=not n.bn))
+                off += seg.size
+            if n.bn:
+                if n.path in groups:
+                    raise AssertionError(f"duplicate group {n.path}")
+                groups[n.path] = _Builder(n.path, n.channels, n.layer, n.part, n.block, n.role, n.stride,
+                                          [Producer(n.path)])
+                v = [_Seg(n.path, n.channels, (0,))]
+            else:
+                v = []  # a plain conv's outputs are fixed (Detect's box/class/angle channels)
+        elif isinstance(n, Split):
+            # a split conv output becomes one group per part, named `{conv}:a`, `{conv}:b`
+            (seg,) = ins[0]
+            src = groups.pop(seg.group)
+            if src.consumers or len(src.producers) != 1:
+                raise AssertionError(f"{n.name}: can only split a fresh conv output")
+            v, start = [], 0
+            for j, size in enumerate(n.sizes):
+                name = f"{src.name}:{chr(ord('a') + j)}"
+                groups[name] = _Builder(name, size, src.layer, src.part, src.kind, "", src.stride,
+                                        [Producer(src.name, start)], split=(n.key, j))
+                v.append(_Seg(name, size, (0,)))
+                start += size
+        elif isinstance(n, Part):
+            seg = ins[0][n.index]
+            groups[seg.group].role = n.role
+            v = [seg]
+        elif isinstance(n, Add):
+            # residual: the value is the first input's group plus each added branch's producer
+            base, *rest = ins
+            (cur,) = base
+            gb = groups[cur.group]
+            for other in rest:
+                (seg,) = other
+                new = groups.pop(seg.group)
+                if new.consumers or seg.size != cur.size:
+                    raise AssertionError(f"{n.name}: residual branch must be a fresh conv output of equal width")
+                gb.producers.extend(new.producers)
+                cur = _Seg(cur.group, cur.size, cur.sources + (len(gb.producers) - 1,))
+            gb.role = "residual"
+            v = [cur]
+        elif isinstance(n, Concat):
+            v = [seg for x in ins for seg in x]
+        elif isinstance(n, (MaxPool, Upsample)):
+            v = ins[0]  # max pools and upsampling of a constant are the constant: same sources
+        else:  # pragma: no cover
+            raise TypeError(f"build_groups: no rule for {type(n).__name__} ({n.name})")
+        vals.append(v)
 
-    def consume(path, segs, bias=False) -> int:
-        off = 0
-        for s in segs:
-            groups[s.group].consumers.append(Consumer(path, off, s.sources, bias))
-            off += s.size
-        return off
-
-    outs: dict[int, list[_Seg]] = {}
-    x: list[_Seg] = []  # the image: 3 channels that belong to no group
-    stride = 1
-    for i, kind, frm, _, _, kw in LAYERS:
-        p = f"model_{i}"
-        if kind == "Conv":
-            consume(p, x)
-            stride *= kw["s"]
-            x = [new(p, p, spec.width(p), i, "conv", "out", stride)]
-        elif kind == "C2f":
-            consume(f"{p}/cv1", x)
-            a, b = spec.split(p)
-            shortcut = kw["shortcut"]
-            parts = [new(f"{p}/cv1:a", f"{p}/cv1", a, i, "c2f", "split_a", stride),
-                     new(f"{p}/cv1:b", f"{p}/cv1", b, i, "c2f", "residual" if shortcut else "split_b", stride,
-                         start=a)]
-            cur = parts[-1]
-            for j in range(spec.n_bottlenecks(i)):
-                m = f"{p}/m_{j}"
-                consume(f"{m}/cv1", [cur])
-                hid = new(f"{m}/cv1", f"{m}/cv1", spec.width(f"{m}/cv1"), i, "c2f", "hidden", stride)
-                consume(f"{m}/cv2", [hid])
-                if shortcut:
-                    g = groups[cur.group]
-                    g.producers.append(Producer(f"{m}/cv2"))
-                    cur = _Seg(cur.group, cur.size, cur.sources + (len(g.producers) - 1,))
-                else:
-                    cur = new(f"{m}/cv2", f"{m}/cv2", spec.width(f"{m}/cv2"), i, "c2f", "out", stride)
-                parts.append(cur)
-            consume(f"{p}/cv2", parts)
-            x = [new(f"{p}/cv2", f"{p}/cv2", spec.width(f"{p}/cv2"), i, "c2f", "out", stride)]
-        elif kind == "SPPF":
-            consume(f"{p}/cv1", x)
-            hid = new(f"{p}/cv1", f"{p}/cv1", spec.width(f"{p}/cv1"), i, "sppf", "sppf_hidden", stride)
-            consume(f"{p}/cv2", [hid] * 4)  # max pools of a constant are the constant: same sources
-            x = [new(f"{p}/cv2", f"{p}/cv2", spec.width(f"{p}/cv2"), i, "sppf", "out", stride)]
-        elif kind == "Upsample":
-            stride //= 2
-        elif kind == "Concat":
-            x = x + outs[frm[1]]
-        outs[i] = x
-
-    branches = [("cv2", "box"), ("cv3", "cls")] + ([("cv4", "angle")] if spec.task == "obb" else [])
-    for lvl, src in enumerate(HEAD_INPUTS):
-        s = 8 * 2 ** lvl
-        for b, role in branches:
-            p = f"model_{DETECT}/{b}_{lvl}"
-            consume(f"{p}_0", outs[src])
-            h = new(f"{p}_0", f"{p}_0", spec.width(f"{p}_0"), DETECT, "detect", role, s)
-            consume(f"{p}_1", [h])
-            h = new(f"{p}_1", f"{p}_1", spec.width(f"{p}_1"), DETECT, "detect", role, s)
-            consume(f"{p}_2", [h], bias=True)
-
-    return tuple(Group(g.name, g.size, tuple(g.producers), tuple(g.consumers), g.layer, g.part, g.kind,
-                       g.role, g.stride) for g in groups.values())
+    return tuple(Group(b.name, b.size, tuple(b.producers), tuple(b.consumers), b.layer, b.part, b.kind, b.role,
+                       b.stride, b.split) for b in groups.values())
 
 
 def group_map(spec: Spec) -> dict[str, Group]:

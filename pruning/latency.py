@@ -451,7 +451,7 @@ def calibrate(model: LatencyModel, *, reps: int = 20, shares: Sequence[float] = 
     model.table.calibration[spec_key(model.spec)] = cal
     model.alpha, model.beta, model.calibrated = cal["alpha"], cal["beta"], True  # as stored: file == memory
     if log:
-        log(f"latency table: calibrated yolov8{model.spec.variant}: ms = {alpha:.3f} x conv sum + {beta:.2f} "
+        log(f"latency table: calibrated {model.spec.name}: ms = {alpha:.3f} x conv sum + {beta:.2f} "
             f"(measured {', '.join(f'{m:.2f}' for m in med)} ms)")
     return cal
 

@@ -19,7 +19,7 @@ from flax import traverse_util
 from flax.core import unfreeze
 
 from yolojax.model.counting import conv_table, count_flops, count_macs, count_params
-from yolojax.model.spec import LAYERS, Spec
+from yolojax.model.spec import Spec
 
 from .groups import Group, build_groups
 from .policy import Budget, Policy
@@ -88,18 +88,20 @@ def masks_from_counts(scores: Mapping[str, np.ndarray], counts: Mapping[str, int
 def spec_from_counts(spec: Spec, counts: Mapping[str, int]) -> Spec:
     """The spec whose widths follow from per-group kept counts."""
     widths = dict(spec.widths)
+    splits: dict[str, list[int]] = {k: list(v) for k, v in spec.splits}
+    split_convs: dict[str, str] = {}
     for g in build_groups(spec):
-        for pr in g.producers:
-            if not g.name.endswith((":a", ":b")) or pr.path != g.name[:-2]:
-                widths[pr.path] = int(counts[g.name])  # a C2f's cv1 holds both parts: set below
-    splits = {}
-    for i, kind, *_ in LAYERS:
-        if kind == "C2f":
-            p = f"model_{i}"
-            a, b = int(counts[f"{p}/cv1:a"]), int(counts[f"{p}/cv1:b"])
-            splits[p] = (a, b)
-            widths[f"{p}/cv1"] = a + b
-    return spec.replace(widths=widths, splits=splits)
+        producers = g.producers
+        if g.split is not None:  # a part of a C2f's cv1: that conv holds all parts (summed below)
+            key, j = g.split
+            splits[key][j] = int(counts[g.name])
+            split_convs[key] = producers[0].path
+            producers = producers[1:]  # a residual part's other producers are whole convs
+        for pr in producers:
+            widths[pr.path] = int(counts[g.name])
+    for key, conv in split_convs.items():
+        widths[conv] = sum(splits[key])
+    return spec.replace(widths=widths, splits={k: tuple(v) for k, v in splits.items()})
 
 
 def _metrics(spec: Spec, imgsz: int) -> dict:

@@ -4,7 +4,7 @@ Folding a removed channel's constant output c into a consumer conv adds c * (sum
 border, the unpruned conv summed only the in-image taps (the padding is 0, not c). So every 3x3 conv that
 reads a pruned tensor taints a one-pixel ring, and the taint spreads: through later 3x3 convs (one pixel per
 conv), strided convs, 5x5 max pools (two pixels each; their -inf padding itself is exact), upsampling,
-concats and residual adds. 1x1 convs are exact everywhere. This walks the spec graph with boolean maps.
+concats and residual adds. 1x1 convs are exact everywhere. This folds boolean maps over the spec's graph.
 
 At 640 px every output of a YOLOv8 is tainted: the SPPF alone spreads the taint 6 cells at stride 32. The
 interior appears at about 1024 px (P3 anchors only). With gamma = 0 and beta = 0 the constant is SiLU(0) = 0
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from yolojax.model.spec import HEAD_INPUTS, LAYERS, Spec
+from yolojax.model.graph import Conv, Input, MaxPool, Upsample, lower
+from yolojax.model.spec import Spec
 
 
 def _window_any(t: np.ndarray, k: int, s: int, pad_value: bool) -> np.ndarray:
@@ -30,34 +31,26 @@ def _window_any(t: np.ndarray, k: int, s: int, pad_value: bool) -> np.ndarray:
 
 
 def exact_anchor_mask(spec: Spec, imgsz: int | tuple[int, int]) -> np.ndarray:
-    """bool [A]: anchors (P3, P4, P5 row-major, the model's order) whose outputs constant folding leaves
-    exactly unchanged for any pruning (False: a zero-padded border of a pruned tensor is in their field)."""
+    """bool [A]: anchors (levels finest first, row-major: the model's order) whose outputs constant folding
+    leaves exactly unchanged for any pruning (False: a zero-padded border of a pruned tensor is in their field)."""
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    conv = lambda t, k, s: _window_any(t, k, s, pad_value=k > 1)  # noqa: E731  padding taints 3x3 convs
-    pool = lambda t: _window_any(t, 5, 1, pad_value=False)  # noqa: E731  max-pool padding is -inf: exact
-    # model_0 reads the image, which no pruning touches: its padding is the unpruned model's padding too.
-    t = _window_any(np.zeros((h, w), bool), 3, 2, pad_value=False)
-    outs = {0: t}
-    for i, kind, frm, _, _, kw in LAYERS[1:]:
-        if kind == "Conv":
-            t = conv(t, kw["k"], kw["s"])
-        elif kind == "C2f":
-            cur = t  # cv1 is 1x1: exact
-            parts = [t, cur]
-            for _ in range(spec.n_bottlenecks(i)):
-                y = conv(conv(cur, 3, 1), 3, 1)
-                cur = (cur | y) if kw["shortcut"] else y
-                parts.append(cur)
-            t = np.logical_or.reduce(parts)
-        elif kind == "SPPF":
-            y = [t]
-            for _ in range(3):
-                y.append(pool(y[-1]))
-            t = np.logical_or.reduce(y)
-        elif kind == "Upsample":
-            t = np.repeat(np.repeat(t, 2, 0), 2, 1)
-        elif kind == "Concat":
-            t = t | outs[frm[1]]
-        outs[i] = t
-    # each head branch: two 3x3 Conv then a 1x1 conv
-    return np.concatenate([(~conv(conv(outs[i], 3, 1), 3, 1)).reshape(-1) for i in HEAD_INPUTS])
+    g = lower(spec)
+    taint: list[np.ndarray] = []
+    for n in g.nodes:
+        ins = [taint[i] for i in n.inputs]
+        if isinstance(n, Input):
+            t = np.zeros((h, w), bool)
+        elif isinstance(n, Conv):
+            # padding taints a k > 1 conv, except on the image, which no pruning touches (its padding is the
+            # unpruned model's padding too)
+            reads_image = isinstance(g.nodes[n.inputs[0]], Input)
+            t = _window_any(ins[0], n.k, n.s, pad_value=n.k > 1 and not reads_image)
+        elif isinstance(n, MaxPool):
+            t = _window_any(ins[0], n.k, 1, pad_value=False)  # max-pool padding is -inf: exact
+        elif isinstance(n, Upsample):
+            t = np.repeat(np.repeat(ins[0], n.factor, 0), n.factor, 1)
+        else:  # split, part, concat, add: any input tainted
+            t = np.logical_or.reduce(ins)
+        taint.append(t)
+    return np.concatenate([(~np.logical_or.reduce([taint[i] for _, i in lv.outputs])).reshape(-1)
+                           for lv in g.levels])

@@ -246,7 +246,11 @@ def test_needed_scales_and_method_parsing():
     with pytest.raises(ValueError, match="nc"):
         make_distill_loss(tiny_spec(4), t, DistillConfig())
     with pytest.raises(ValueError, match="scale_weights"):
-        DistillConfig(scale_weights=(1.0, 1.0))
+        DistillConfig(scale_weights=(1.0, -1.0))
+    from distill.losses import level_weights
+    assert level_weights((2.0, 1.0, 1.0), 4) == (2.0, 1.0, 1.0, 1.0)  # a P2 model: the last weight repeats
+    with pytest.raises(ValueError, match="at most 3"):
+        level_weights((1.0, 1.0, 1.0, 1.0), 3)
 
 
 # -- the trainer closure -----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 from export.check import reference_outputs
 from export.images import CalibrationDataError, image_files, letterbox, load_images
 from export.onnx_emit import export_onnx, read_metadata
-from export.testing import random_variables, uniform_prune
+from export.testing import random_variables
+from pruning.testing import uniform_prune
 from yolojax import Detector, tiny_spec
 from yolojax.cli import main
 

@@ -10,7 +10,8 @@ from tests.conftest import REFERENCE
 from export.check import TRT_OPS, check_onnx, compare_detections, ort_session, reference_outputs, unsupported_ops
 from export.images import load_images
 from export.onnx_emit import emit_onnx, export_onnx, read_metadata, spec_from_onnx
-from export.testing import random_prune, random_variables
+from export.testing import random_variables
+from pruning.testing import random_prune
 from yolojax import Detector, from_ultralytics, tiny_spec, yolov8_spec
 from yolojax.model.counting import count_flops
 

@@ -58,7 +58,7 @@ def forward(spec, variables, x):
 
 # -- groups ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant,task", [("n", "detect"), ("s", "detect"), ("m", "detect"), ("l", "detect"),
-                                          ("x", "detect"), ("tiny", "detect"), ("n", "obb")])
+                                          ("x", "detect"), ("tiny", "detect"), ("n", "obb"), ("n-p2", "detect")])
 def test_groups_cover_every_channel_exactly_once(variant, task):
     spec = yolov8_spec(variant, 80 if task == "detect" else 15, task=task)
     groups = build_groups(spec)

@@ -271,7 +271,8 @@ def test_flipped_bytes_are_named_on_load(tmp_path, tiny, capsys):
     with pytest.raises(CheckpointCorruptError, match=r"array (params|batch_stats)/\S+ does not match|could not be read"):  # or fails to decode at all
         yolojax.load(tmp_path / "ck")
     assert _cli("info", tmp_path / "ck", "--json") == 2
-    assert "does not match the checksum" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the flip lands in an array (checksum) or in the store's index (unreadable)
+    assert ("does not match the checksum" in err or "could not be read" in err) and str(tmp_path / "ck") in err
 
 
 def test_restore_into_a_template_is_verified(tmp_path):

@@ -149,10 +149,11 @@ class Detector:
         recorded training size and source when known (what `repr` shows: never the arrays)."""
         from .model.counting import count_flops, count_params
         spec = self.spec
-        name = f"yolov8{spec.variant}{'-obb' if spec.task == 'obb' else ''}"
+        name = spec.name
         channels = sum(w for _, w in spec.widths)
         try:
-            full = sum(w for _, w in yolov8_spec(spec.variant, spec.nc, reg_max=spec.reg_max, task=spec.task).widths)
+            full = sum(w for _, w in yolov8_spec(spec.variant, spec.nc, reg_max=spec.reg_max, task=spec.task,
+                                                  arch=spec.arch).widths)
         except ValueError:
             full = channels
         shape = f"pruned: {channels:,} of {full:,} channels" if channels != full else "unpruned"
@@ -191,7 +192,7 @@ def from_ultralytics(path: str | Path, *, nc: int | None = None, variant: str | 
     if nc is not None and spec.nc != nc:
         raise ValueError(f"{path} holds nc={spec.nc}, not the requested nc={nc}")
     if variant is not None and spec.variant != variant.removeprefix("yolov8"):
-        raise ValueError(f"{path} holds a yolov8{spec.variant}, not the requested {variant}")
+        raise ValueError(f"{path} holds a {spec.name}, not the requested {variant}")
     names = meta.get("names") or ()
     if names and len(names) == spec.nc:
         spec = spec.replace(names=tuple(names))

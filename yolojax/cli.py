@@ -28,29 +28,38 @@ from .errors import RuntimeFailure, UserError
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 RUNTIME_FAILURES = (RuntimeFailure, OSError)
 
-COMMAND_MODULES = (
-    "yolojax.commands",      # info, convert, demo
-    "yolojax.data.cli",      # data check|convert|synth
-    "yolojax.train.cli",     # train, val, predict
-    "pruning.cli",           # prune
-    "distill.cli",           # distill
-    "export.cli",            # export, benchmark
-    "yolojax.pipeline",      # compress
-)
+# module -> the commands it registers (named here so that a stage whose package fails to import still shows
+# its commands, each saying why it cannot run, instead of vanishing from `yolojax --help`)
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "yolojax.commands": ("info", "convert"),
+    "yolojax.data.cli": ("data",),
+    "yolojax.train.cli": ("train", "val", "predict"),
+    "pruning.cli": ("prune",),
+    "distill.cli": ("distill",),
+    "export.cli": ("export", "benchmark"),
+    "yolojax.pipeline": ("compress",),
+}
+
+
+def _unavailable(name: str, error: ModuleNotFoundError):
+    def run(args) -> int:
+        raise RuntimeFailure(f"yolojax {args.command}: {name} failed to import ({error}); reinstall yolojax "
+                             "with its dependencies (pip install -e . -c constraints.txt)")
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yolojax", description="YOLOv8 in JAX/Flax with a compression toolkit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name, commands in COMMAND_MODULES.items():
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            # A stage that is not built yet simply contributes no command; any other missing
-            # module is a real error and must surface.
-            if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
-                continue
-            raise
+            # the stage's own package (or a dependency of it) is missing: keep its commands, failing clearly
+            for cmd in commands:
+                p = sub.add_parser(cmd, help=f"(unavailable: {name} failed to import: {e})", add_help=False)
+                p.set_defaults(func=_unavailable(name, e), unavailable=True)  # any arguments: it only explains
+            continue
         module.register(sub)
     _add_verbose(parser, top=True)
     _set_formatter(parser)
@@ -134,7 +143,9 @@ def _add_verbose(parser: argparse.ArgumentParser, top: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()  # first: some stages import JAX when their commands are registered
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

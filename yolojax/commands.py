@@ -78,12 +78,10 @@ def resolve_imgsz(model: str | Path, given: int | None, *, what: str = "") -> in
 
 
 def _resolve_spec(model: str, nc: int | None):
-    """A Spec from a variant name (yolov8n, n, yolov8s-obb, tiny) or from any loadable model."""
-    from .model.spec import SCALES, yolov8_spec
-    name = model.removeprefix("yolov8").removesuffix(".yaml")
-    base = name.removesuffix("-obb")
-    if base in SCALES and not Path(model).exists():
-        return yolov8_spec(name, nc if nc is not None else 80)
+    """A Spec from a model name (yolov8n, n, yolov8s-obb, yolov8n-p2, tiny) or from any loadable model."""
+    from .model.spec import is_model_name, yolov8_spec
+    if is_model_name(model):
+        return yolov8_spec(model.removesuffix(".yaml"), nc if nc is not None else 80)
     from .api import load
     spec = load(model).spec
     if nc is not None and nc != spec.nc:
@@ -99,7 +97,7 @@ def cmd_info(args) -> int:
     s = summary(spec, args.imgsz)
     if args.json:
         print(json.dumps({"params": s["params"], "gflops": s["gflops"], "macs": s["macs"],
-                          "variant": spec.variant, "task": spec.task, "nc": spec.nc, "imgsz": args.imgsz,
+                          "variant": spec.variant, "arch": spec.arch, "task": spec.task, "nc": spec.nc, "imgsz": args.imgsz,
                           "convs": s["convs"]}))
         return 0
     print(f"{'path':<24} {'cin':>5} {'cout':>5} {'k':>2} {'s':>2} {'out':>9} {'params':>10} {'MMACs':>9}")
@@ -107,7 +105,7 @@ def cmd_info(args) -> int:
         params = r["cin"] * r["cout"] * r["k"] ** 2 + (2 if r["bn"] else 1) * r["cout"]
         print(f"{r['path']:<24} {r['cin']:>5} {r['cout']:>5} {r['k']:>2} {r['stride']:>2} "
               f"{r['h']:>4}x{r['w']:<4} {params:>10,} {r['cin'] * r['cout'] * r['k'] ** 2 * r['h'] * r['w'] / 1e6:>9.2f}")
-    print(f"\nYOLOv8{spec.variant}{'-obb' if spec.task == 'obb' else ''} nc={spec.nc}: {s['convs']} convs, "
+    print(f"\n{spec.name.replace('yolov8', 'YOLOv8')} nc={spec.nc}: {s['convs']} convs, "
           f"{s['params']:,} parameters, {s['gflops']:.3f} GFLOPs, {s['macs'] / 1e9:.3f} GMACs at {args.imgsz}px")
     return 0
 
@@ -120,14 +118,14 @@ def cmd_convert(args) -> int:
     replaced = is_model_dir(args.outdir)
     det = from_ultralytics(args.weights)
     save_model(args.outdir, det.spec, det.variables, {**det.meta, "source": str(args.weights)}, force=args.force)
-    print(f"wrote {args.outdir}{' (replacing the checkpoint there)' if replaced else ''}: yolov8{det.spec.variant} "
+    print(f"wrote {args.outdir}{' (replacing the checkpoint there)' if replaced else ''}: {det.spec.name} "
           f"nc={det.spec.nc} task={det.spec.task}, {det.num_params():,} parameters")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="layers, parameters, GFLOPs and MACs of a model")
-    p.add_argument("model", help="variant name (yolov8n ... yolov8x, yolov8n-obb) or a checkpoint/.pt/.npz")
+    p.add_argument("model", help="model name (yolov8n ... yolov8x, yolov8n-p2, yolov8n-obb) or a checkpoint/.pt/.npz")
     p.add_argument("--nc", type=int, default=None, help="number of classes (variant names only; default 80)")
     p.add_argument("--imgsz", type=int, default=None,
                    help="image size for FLOPs and MACs (default: the model's own size, else 640)")

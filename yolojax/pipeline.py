@@ -184,7 +184,7 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     from .api import load
     from .data import load_dataset
     from .data.readers import SplitNotFoundError
-    from .model.spec import SCALES
+    from .model.spec import is_model_name, parse_model_name
     from .train.cli import default_data
 
     rundir = Path(rundir)
@@ -194,8 +194,8 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     obb = cc.task == "obb"
     data = cc.data or str(default_data(cc.synth_images, cc.imgsz, cc.seed, obb=obb, zoom=cc.synth_zoom))
     model = cc.model
-    if obb and model.removeprefix("yolov8") in SCALES:
-        model = f"{model}-obb"  # a variant name: its oriented-box twin
+    if obb and is_model_name(model) and parse_model_name(model)[2] != "obb":
+        model = f"{model}-obb"  # a model name: its oriented-box twin
     # recorded in every stage's checkpoint (and the ONNX metadata): `yolojax val CKPT` finds it without --data
     run_meta = {"data": str(data)}
     teacher_src = cc.teacher or str(rundir / "teacher" / "best")
@@ -212,7 +212,7 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     t0 = time.time()
     if cc.teacher:
         teacher = load(cc.teacher)
-        _say(f"teacher: using {cc.teacher} (yolov8{teacher.spec.variant}, nc={teacher.spec.nc})")
+        _say(f"teacher: using {cc.teacher} ({teacher.spec.name}, nc={teacher.spec.nc})")
         if teacher.spec.nc != train.nc:
             raise ValueError(f"--teacher {cc.teacher} has nc={teacher.spec.nc}, the data has {train.nc} classes")
     elif _done(d):
@@ -469,7 +469,8 @@ def add_compress_args(p) -> None:
     p.add_argument("--data", default=None,
                    help="dataset (data .yaml, folder or COCO .json; any supported format); default: the built-in "
                         "synthetic aerial set, generated once under runs/synth/")
-    p.add_argument("--model", default=f["model"], help="variant or checkpoint the teacher is trained from")
+    p.add_argument("--model", default=f["model"], help="model name (yolov8n..x, yolov8n-p2..x-p2 for small objects, tiny) or "
+                   "checkpoint the teacher is trained from")
     p.add_argument("--teacher", default=None, help="trained model to compress (skips teacher training)")
     p.add_argument("--task", default=f["task"], choices=["detect", "obb"], help="obb: oriented boxes (DOTA-style)")
     p.add_argument("-o", "--output", default="runs/compress",

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import DETECT, HEAD_INPUTS, LAYERS, STRIDES, Spec
+from .graph import Conv, Input, Upsample, lower
+from .spec import Spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,49 +35,31 @@ class ConvInfo:
         return self.cout * self.h * self.w if self.bn else 0
 
 
+def feature_sizes(spec: Spec, imgsz: int | tuple[int, int] = 640) -> list[tuple[int, int]]:
+    """(h, w) of every node of the spec's graph for an input of `imgsz`."""
+    ih, iw = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    sizes: list[tuple[int, int]] = []
+    for n in lower(spec).nodes:
+        if isinstance(n, Input):
+            sizes.append((ih, iw))
+            continue
+        h, w = sizes[n.inputs[0]]
+        if isinstance(n, Conv):
+            p = n.k // 2
+            sizes.append(((h + 2 * p - n.k) // n.s + 1, (w + 2 * p - n.k) // n.s + 1))
+        elif isinstance(n, Upsample):
+            sizes.append((h * n.factor, w * n.factor))
+        else:  # split, part, concat, add, max pool (stride 1, same padding): the input's size
+            sizes.append((h, w))
+    return sizes
+
+
 def conv_table(spec: Spec, imgsz: int | tuple[int, int] = 640) -> list[ConvInfo]:
     """Every convolution of the network in execution order, with its input/output widths and map size."""
-    ih, iw = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    rows: list[ConvInfo] = []
-    ch: dict[int, int] = {}
-    size: dict[int, tuple[int, int]] = {}
-    c, (h, w) = 3, (ih, iw)
-
-    def conv(path, cin, cout, k, s, hw, bn=True):
-        oh, ow = (hw[0] + 2 * (k // 2) - k) // s + 1, (hw[1] + 2 * (k // 2) - k) // s + 1
-        rows.append(ConvInfo(path, cin, cout, k, s, oh, ow, bn))
-        return cout, (oh, ow)
-
-    for i, kind, frm, _, _, kw in LAYERS:
-        p = f"model_{i}"
-        if kind == "Conv":
-            c, (h, w) = conv(p, c, spec.width(p), kw["k"], kw["s"], (h, w))
-        elif kind == "C2f":
-            a, b = spec.split(p)
-            conv(f"{p}/cv1", c, a + b, 1, 1, (h, w))
-            total, prev = a + b, b
-            for j in range(spec.n_bottlenecks(i)):
-                hid, _ = conv(f"{p}/m_{j}/cv1", prev, spec.width(f"{p}/m_{j}/cv1"), 3, 1, (h, w))
-                prev, _ = conv(f"{p}/m_{j}/cv2", hid, spec.width(f"{p}/m_{j}/cv2"), 3, 1, (h, w))
-                total += prev
-            c, _ = conv(f"{p}/cv2", total, spec.width(f"{p}/cv2"), 1, 1, (h, w))
-        elif kind == "SPPF":
-            hid, _ = conv(f"{p}/cv1", c, spec.width(f"{p}/cv1"), 1, 1, (h, w))
-            c, _ = conv(f"{p}/cv2", 4 * hid, spec.width(f"{p}/cv2"), 1, 1, (h, w))
-        elif kind == "Upsample":
-            h, w = 2 * h, 2 * w
-        elif kind == "Concat":
-            c = c + ch[frm[1]]
-        ch[i], size[i] = c, (h, w)
-
-    branches = [("cv2", 4 * spec.reg_max), ("cv3", spec.nc)] + ([("cv4", 1)] if spec.task == "obb" else [])
-    for lvl, src in enumerate(HEAD_INPUTS):
-        for b, out in branches:
-            p = f"model_{DETECT}/{b}_{lvl}"
-            c1, hw = conv(f"{p}_0", ch[src], spec.width(f"{p}_0"), 3, 1, size[src])
-            c1, hw = conv(f"{p}_1", c1, spec.width(f"{p}_1"), 3, 1, hw)
-            conv(f"{p}_2", c1, out, 1, 1, hw, bn=False)
-    return rows
+    g = lower(spec)
+    sizes = feature_sizes(spec, imgsz)
+    return [ConvInfo(n.path, g.nodes[n.inputs[0]].channels, n.channels, n.k, n.s, *sizes[n.id], n.bn)
+            for n in g.convs()]
 
 
 def count_params(spec: Spec) -> int:
@@ -87,7 +70,8 @@ def count_params(spec: Spec) -> int:
 
 def _dfl_macs(spec: Spec, rows: list[ConvInfo]) -> int:
     # Ultralytics' DFL is a fixed 1x1 conv (reg_max -> 1) over 4 sides of every anchor; thop counts it.
-    anchors = sum(r.h * r.w for r in rows if r.path.startswith(f"model_{DETECT}/cv2_") and r.path.endswith("_2"))
+    box = {n.path for n in lower(spec).head_outputs if n.role == "box"}
+    anchors = sum(r.h * r.w for r in rows if r.path in box)
     return spec.reg_max * 4 * anchors if spec.reg_max > 1 else 0
 
 
@@ -107,7 +91,7 @@ def count_flops(spec: Spec, imgsz: int | tuple[int, int] = 640) -> float:
 def summary(spec: Spec, imgsz: int = 640) -> dict:
     rows = conv_table(spec, imgsz)
     return {
-        "variant": spec.variant, "task": spec.task, "nc": spec.nc, "imgsz": imgsz,
+        "variant": spec.variant, "arch": spec.arch, "task": spec.task, "nc": spec.nc, "imgsz": imgsz,
         "params": count_params(spec), "macs": count_macs(spec, imgsz),
         "gflops": count_flops(spec, imgsz), "convs": len(rows),
         "layers": [dataclasses.asdict(r) for r in rows],

@@ -19,7 +19,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import UserError
-from .spec import DETECT, LAYERS, SCALES, Spec, yolov8_spec
+from .arch import ARCHS, SCALES
+from .graph import Conv, Part, Split, initial_widths, lower
+from .spec import Spec, yolov8_spec
 
 
 class StateDictError(UserError, KeyError):
@@ -53,7 +55,7 @@ def ultralytics_key_to_path(key: str) -> tuple[str, tuple[str, ...]] | None:
     if parts[-1] == "num_batches_tracked" or parts[2] == "dfl":
         return None
     path, rest = [f"model_{parts[1]}"], parts[2:]
-    if int(parts[1]) == DETECT and rest[0] in ("cv2", "cv3", "cv4"):
+    if rest[0] in ("cv2", "cv3", "cv4") and len(rest) > 2 and rest[1].isdigit() and rest[2].isdigit():  # Detect
         path.append(f"{rest[0]}_{rest[1]}_{rest[2]}")
         rest = rest[3:]
     else:
@@ -77,60 +79,79 @@ def _as_flax(leaf: str, array: np.ndarray) -> np.ndarray:
 
 # -- spec inference -------------------------------------------------------------------------------------
 
-def spec_from_state_dict(state: Mapping[str, np.ndarray], *, names=()) -> Spec:
-    """Build the spec (variant, nc, task, every width, C2f splits) from tensor shapes alone.
+def _ultralytics_prefix(path: str) -> str:
+    """Flax module path -> Ultralytics module name: model_2/m_0/cv1 -> model.2.m.0.cv1,
+    model_22/cv3_1_0 -> model.22.cv3.1.0."""
+    out = []
+    for part in path.split("/"):
+        if part.startswith("model_"):
+            out += ["model", part[len("model_"):]]
+        elif part.startswith("m_"):
+            out += ["m", part[2:]]
+        else:
+            out += part.split("_")
+    return ".".join(out)
 
-    Works for pruned models too: widths are read off the weights, not assumed from a scale.
-    """
-    def out_ch(prefix: str) -> int:
+
+def spec_from_state_dict(state: Mapping[str, np.ndarray], *, names=()) -> Spec:
+    """Build the spec (architecture, variant, nc, task, every width, C2f splits) from tensor shapes alone.
+
+    Works for pruned models too: widths are read off the weights, not assumed from a scale. The architecture
+    is the one whose Detect layer index the keys show (22: yolov8, 28: yolov8-p2); its graph, lowered with
+    the depths the keys show, says which conv each width belongs to."""
+    def weight(prefix: str) -> np.ndarray:
         key = f"{prefix}.conv.weight" if f"{prefix}.conv.weight" in state else f"{prefix}.weight"
         if key not in state:
             raise StateDictError(f"state_dict has no {key!r}: not a YOLOv8 detection checkpoint")
-        return int(np.shape(state[key])[0])
+        return state[key]
 
-    widths: dict[str, int] = {}
-    splits: dict[str, tuple[int, int]] = {}
-    for i, kind, _, _, _, _ in LAYERS:
-        u, p = f"model.{i}", f"model_{i}"
-        if kind == "Conv":
-            widths[p] = out_ch(u)
-        elif kind == "SPPF":
-            widths[f"{p}/cv1"], widths[f"{p}/cv2"] = out_ch(f"{u}.cv1"), out_ch(f"{u}.cv2")
-        elif kind == "C2f":
-            cv1 = widths[f"{p}/cv1"] = out_ch(f"{u}.cv1")
-            widths[f"{p}/cv2"] = out_ch(f"{u}.cv2")
-            j = 0
-            while f"{u}.m.{j}.cv1.conv.weight" in state:
-                widths[f"{p}/m_{j}/cv1"] = out_ch(f"{u}.m.{j}.cv1")
-                widths[f"{p}/m_{j}/cv2"] = out_ch(f"{u}.m.{j}.cv2")
-                j += 1
-            if j == 0:
-                raise StateDictError(f"{u} has no Bottleneck weights")
-            b = int(np.shape(state[f"{u}.m.0.cv1.conv.weight"])[1])
-            splits[p] = (cv1 - b, b)
-    task = "obb" if f"model.{DETECT}.cv4.0.0.conv.weight" in state else "detect"
-    branches = ("cv2", "cv3", "cv4") if task == "obb" else ("cv2", "cv3")
-    for lvl in range(3):
-        for b in branches:
-            for k in (0, 1):
-                widths[f"model_{DETECT}/{b}_{lvl}_{k}"] = out_ch(f"model.{DETECT}.{b}.{lvl}.{k}")
-    nc = out_ch(f"model.{DETECT}.cv3.0.2")
-    reg_max = out_ch(f"model.{DETECT}.cv2.0.2") // 4
-    variant = _guess_variant(widths, nc, reg_max, task)
-    spec = Spec(variant=variant, nc=nc, reg_max=reg_max, task=task, names=tuple(names),
+    heads = {int(m.group(1)) for k in state if (m := re.fullmatch(r"model\.(\d+)\.cv3\.0\.2\.weight", k))}
+    arch = next((a for a in ARCHS.values() if {a.detect} == heads), None)
+    if arch is None:
+        raise StateDictError(f"state_dict has a Detect head at layer(s) {sorted(heads) or 'none'}; the known "
+                             f"architectures have it at {sorted({a.detect: a.name for a in ARCHS.values()}.items())}")
+    d = arch.detect
+    task = "obb" if f"model.{d}.cv4.0.0.conv.weight" in state else "detect"
+    nc = int(np.shape(weight(f"model.{d}.cv3.0.2"))[0])
+    reg_max = int(np.shape(weight(f"model.{d}.cv2.0.2"))[0]) // 4
+
+    def repeats(L) -> int:
+        j = 0
+        while f"model.{L.index}.m.{j}.cv1.conv.weight" in state:
+            j += 1
+        if j == 0:
+            raise StateDictError(f"model.{L.index} has no Bottleneck weights")
+        return j
+
+    widths, splits = initial_widths(arch, lambda c: 8, repeats, nc=nc, reg_max=reg_max, task=task)
+    skeleton = Spec(variant="custom", nc=nc, reg_max=reg_max, task=task, arch=arch.name,
+                    widths=tuple(sorted(widths.items())), splits=tuple(sorted(splits.items())))
+    g = lower(skeleton)
+    for n in g.convs(bn=True):
+        widths[n.path] = int(np.shape(weight(_ultralytics_prefix(n.path)))[0])
+    for n in g.nodes:
+        if isinstance(n, Split):  # part sizes: what the convs reading each part take in
+            sizes = []
+            for part in (g.nodes[c] for c in g.consumers[n.id] if isinstance(g.nodes[c], Part)):
+                readers = [g.nodes[c] for c in g.consumers[part.id] if isinstance(g.nodes[c], Conv)]
+                sizes.append(int(np.shape(weight(_ultralytics_prefix(readers[0].path)))[1]) if readers else None)
+            b = sizes[-1]
+            splits[n.key] = (widths[g.nodes[n.inputs[0]].name] - b, b)
+    variant = _guess_variant(widths, nc, reg_max, task, arch.name)
+    spec = Spec(variant=variant, nc=nc, reg_max=reg_max, task=task, names=tuple(names), arch=arch.name,
                 widths=tuple(sorted(widths.items())), splits=tuple(sorted(splits.items())))
     spec.validate()
     return spec
 
 
-def _guess_variant(widths: dict, nc: int, reg_max: int, task: str) -> str:
+def _guess_variant(widths: dict, nc: int, reg_max: int, task: str, arch: str) -> str:
     """The named scale whose unpruned spec has the same stem width and depths (exact match or closest)."""
-    for v in SCALES:
-        ref = yolov8_spec(v, nc, reg_max=reg_max, task=task)
+    refs = {v: yolov8_spec(v, nc, reg_max=reg_max, task=task, arch=arch) for v in SCALES}
+    for v, ref in refs.items():
         if ref.width_map.keys() == widths.keys() and ref.width("model_0") == widths["model_0"]:
             return v
-    for v in SCALES:  # pruned: same layer structure (depth) as a scale
-        if yolov8_spec(v, nc, reg_max=reg_max, task=task).width_map.keys() == widths.keys():
+    for v, ref in refs.items():  # pruned: same layer structure (depth) as a scale
+        if ref.width_map.keys() == widths.keys():
             return v
     return "custom"
 
@@ -210,7 +231,7 @@ def export_state_dict(spec: Spec, variables: Mapping) -> dict[str, np.ndarray]:
             if tail[-1] == "kernel":
                 arr = arr.transpose(3, 2, 0, 1)
             state[".".join(["model", i] + mods + list(ukey))] = arr
-    state[f"model.{DETECT}.dfl.conv.weight"] = np.arange(spec.reg_max, dtype=np.float32).reshape(1, -1, 1, 1)
+    state[f"model.{lower(spec).detect_layer}.dfl.conv.weight"] = np.arange(spec.reg_max, dtype=np.float32).reshape(1, -1, 1, 1)
     return state
 
 

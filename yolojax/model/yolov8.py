@@ -1,42 +1,33 @@
-"""The YOLOv8 network, every width read from a Spec."""
+"""The YOLOv8 network: a fold of the spec's graph (`graph.py`) into Flax modules, every width read from the spec."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .modules import SPPF, C2f, Conv, Detect, upsample2x
-from .spec import DETECT, HEAD_INPUTS, LAYERS, STRIDES, Spec
+from .graph import Add, Concat, Conv as ConvNode, Input, MaxPool, Part, Split, Upsample, lower
+from .modules import Conv, decode_head, max_pool_same, torch_conv_init
+from .spec import Spec
 
 
-def c2f_from_spec(spec: Spec, i: int, shortcut: bool, dtype=None, name=None) -> C2f:
-    p = f"model_{i}"
-    n = spec.n_bottlenecks(i)
-    return C2f(features=spec.width(f"{p}/cv2"), split=spec.split(p),
-               hidden=tuple(spec.width(f"{p}/m_{j}/cv1") for j in range(n)),
-               outs=tuple(spec.width(f"{p}/m_{j}/cv2") for j in range(n)),
-               shortcut=shortcut, dtype=dtype, name=name)
+class _Namespace(nn.Module):
+    """A level of the parameter tree (`model_2`, `m_0`): runs `fn` so that modules it creates nest here."""
 
-
-def detect_from_spec(spec: Spec, dtype=None, name=None) -> Detect:
-    p = f"model_{DETECT}"
-    pair = lambda b, l: (spec.width(f"{p}/{b}_{l}_0"), spec.width(f"{p}/{b}_{l}_1"))  # noqa: E731
-    lv = range(len(STRIDES))
-    return Detect(nc=spec.nc, reg_max=spec.reg_max, strides=STRIDES, dtype=dtype, name=name,
-                  box_widths=tuple(pair("cv2", l) for l in lv), cls_widths=tuple(pair("cv3", l) for l in lv),
-                  angle_widths=tuple(pair("cv4", l) for l in lv) if spec.task == "obb" else None)
+    @nn.compact
+    def __call__(self, fn: Callable):
+        return fn()
 
 
 class YOLOv8(nn.Module):
-    """YOLOv8 detector (or OBB detector) described by `spec`.
+    """YOLOv8 detector (or OBB detector, or a P2 variant) described by `spec`.
 
-    __call__(x [B,H,W,3] float in [0,1], H and W multiples of 32) -> (preds, feats):
+    __call__(x [B,H,W,3] float in [0,1], H and W multiples of the largest stride) -> (preds, feats):
       preds: boxes [B,A,4] (cx,cy,w,h px), scores [B,A,nc] (sigmoid), dist [B,A,4*reg_max] (raw DFL
              logits, side-major l,t,r,b), logits [B,A,nc], anchors [A,2] (grid units), strides [A]
              (+ angle [B,A,1] radians and angle_raw for obb).
-      feats: p3, p4, p5 neck outputs (the Detect inputs), for distillation.
+      feats: the Detect inputs by level name ('p3', 'p4', 'p5'; 'p2' too for P2 models), for distillation.
     Every layer output is also sown into the `intermediates` collection as `layerNN` when that collection
     is mutable (parity tests, feature inspection).
     """
@@ -46,28 +37,63 @@ class YOLOv8(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        spec, dt = self.spec, self.dtype
+        g, dt = lower(self.spec), self.dtype
         if dt is not None:
             x = x.astype(dt)
-        outs: dict[int, jax.Array] = {}
-        for i, kind, frm, _, _, kw in LAYERS:
-            name = f"model_{i}"
-            if kind == "Conv":
-                x = Conv(spec.width(name), kw["k"], kw["s"], dtype=dt, name=name)(x, train=train)
-            elif kind == "C2f":
-                x = c2f_from_spec(spec, i, kw["shortcut"], dt, name)(x, train=train)
-            elif kind == "SPPF":
-                x = SPPF(spec.width(f"{name}/cv1"), spec.width(f"{name}/cv2"), kw["k"], dtype=dt,
-                         name=name)(x, train=train)
-            elif kind == "Upsample":
-                x = upsample2x(x)
-            elif kind == "Concat":
-                x = jnp.concatenate([x, outs[frm[1]]], -1)
-            outs[i] = x
-            self.sow("intermediates", f"layer{i:02d}", x)
-        feats = tuple(outs[i] for i in HEAD_INPUTS)
-        preds = detect_from_spec(spec, dt, f"model_{DETECT}")(feats, train=train)
-        return preds, {"p3": feats[0], "p4": feats[1], "p5": feats[2]}
+        spaces: dict[str, nn.Module] = {}
+
+        def in_scope(path: str, make: Callable[[], Any]):
+            """Run `make` (which creates the module named path's last part) inside the scope of its parents."""
+            parts = path.split("/")
+            if len(parts) == 1:
+                return make()
+            for k in range(1, len(parts)):
+                key = "/".join(parts[:k])
+                if key not in spaces:
+                    parent = spaces.get("/".join(parts[:k - 1]))
+                    spaces[key] = (_Namespace(name=parts[k - 1]) if parent is None
+                                   else parent(lambda: _Namespace(name=parts[k - 1])))
+            return spaces["/".join(parts[:-1])](make)
+
+        def conv(n: ConvNode, v):
+            leaf = n.path.rsplit("/", 1)[-1]
+            if n.bn:
+                return in_scope(n.path, lambda: Conv(n.channels, n.k, n.s, dtype=dt, name=leaf)(v, train=train))
+            p = n.k // 2
+            return in_scope(n.path, lambda: nn.Conv(
+                n.channels, (n.k, n.k), (n.s, n.s), padding=((p, p), (p, p)), use_bias=True,
+                kernel_init=torch_conv_init, bias_init=nn.initializers.constant(n.bias_init), dtype=dt,
+                name=leaf)(v))
+
+        vals: list[Any] = []
+        for n in g.nodes:
+            ins = [vals[i] for i in n.inputs]
+            if isinstance(n, Input):
+                v = x
+            elif isinstance(n, ConvNode):
+                v = conv(n, ins[0])
+            elif isinstance(n, Split):
+                v = tuple(jnp.split(ins[0], [sum(n.sizes[:k]) for k in range(1, len(n.sizes))], axis=-1))
+            elif isinstance(n, Part):
+                v = ins[0][n.index]
+            elif isinstance(n, Concat):
+                v = jnp.concatenate(ins, -1)
+            elif isinstance(n, Add):
+                v = sum(ins[1:], ins[0])
+            elif isinstance(n, MaxPool):
+                v = max_pool_same(ins[0], n.k)
+            elif isinstance(n, Upsample):
+                v = jnp.repeat(jnp.repeat(ins[0], n.factor, axis=1), n.factor, axis=2)
+            else:  # pragma: no cover - a node type added to graph.py without teaching this fold
+                raise TypeError(f"YOLOv8 forward: no rule for {type(n).__name__} ({n.name})")
+            vals.append(v)
+        for i, nid in enumerate(g.layer_outputs):
+            self.sow("intermediates", f"layer{i:02d}", vals[nid])
+
+        raw = {r: [vals[lv.output(r)] for lv in g.levels] for r in g.roles}
+        preds = decode_head(raw["box"], raw["cls"], raw.get("angle", []),
+                            [vals[lv.feature].shape[1:3] for lv in g.levels], g.strides, self.spec.reg_max)
+        return preds, {lv.key: vals[lv.feature] for lv in g.levels}
 
 
 # Initialisation runs once per model: XLA's optimisation passes cost far more than they save there (measured,

@@ -404,7 +404,8 @@ class _RectAction(argparse.Action):
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a YOLOv8 (Ultralytics defaults; data-parallel over all devices)")
-    p.add_argument("--model", default="yolov8n", help="variant (yolov8n..x, tiny) or checkpoint/.pt to start from")
+    p.add_argument("--model", default="yolov8n", help="model name (yolov8n..x, yolov8n-p2..x-p2, tiny) or checkpoint/.pt to "
+                   "start from")
     p.add_argument("-o", "--output", default="runs/train", help="run directory (last/, best/, results, tb/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
     p.add_argument("--exist-ok", dest="exist_ok", action="store_true",

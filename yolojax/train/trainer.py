@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .. import checkpoint as ckpt
 from ..errors import RuntimeFailure
 from ..loss import LossConfig
+from ..model.arch import is_model_name
 from ..model.spec import Spec, yolov8_spec
 from ..model.yolov8 import init_variables
 from .config import TrainConfig
@@ -112,28 +113,18 @@ def resolve_model(model: str | Path | Spec | Any, nc: int, names: list[str], see
         spec = model.replace(names=tuple(names)) if model.nc == nc else None
         if spec is None:
             raise ValueError(f"spec has nc={model.nc}, dataset has {nc} classes")
-        return spec, init_variables(spec, seed), f"fresh {spec.variant}"
+        return spec, init_variables(spec, seed), f"fresh {spec.name}"
     if isinstance(model, Detector):
         det = model
     else:
-        name = str(model).removeprefix("yolov8").removesuffix(".yaml")
-        from ..model.spec import SCALES
-        if name.removesuffix("-obb") in SCALES and not Path(str(model)).exists():
-            t = "obb" if name.endswith("-obb") else task
-            spec = yolov8_spec(name.removesuffix("-obb"), nc, names=names, task=t)
-            return spec, init_variables(spec, seed), f"fresh yolov8{spec.variant} (random init)"
+        if is_model_name(model):
+            spec = yolov8_spec(str(model).removesuffix(".yaml"), nc, names=names, task=task)
+            return spec, init_variables(spec, seed), f"fresh {spec.name} (random init)"
         det = load(model)
     spec = det.spec
     if spec.nc == nc:
         return spec.replace(names=tuple(names)), det.variables, f"weights from {model}"
-    new_spec = spec.replace(nc=nc, names=tuple(names))
-    from ..model.spec import head_widths
-    c2, c3, c4 = head_widths(nc, spec.layer_out(15), spec.reg_max)
-    widths = dict(new_spec.width_map)
-    for p in widths:
-        if p.startswith("model_22/cv3_"):
-            widths[p] = c3
-    new_spec = new_spec.replace(widths=widths)
+    new_spec = spec.with_classes(nc, names)
     fresh = init_variables(new_spec, seed)
     variables, copied, total = transfer_weights(new_spec, fresh, det.variables)
     return new_spec, variables, f"transferred {copied}/{total} arrays from {model} (nc {spec.nc} -> {nc})"
@@ -178,7 +169,7 @@ class Trainer:
         self.val_loader = None
         if self.val_data is not None and is_primary():
             vb = max(1, min(cfg.batch, 16))
-            self.val_loader = val_loader(self.val_data, vb, cfg.imgsz, cfg.workers)
+            self.val_loader = val_loader(self.val_data, vb, cfg.imgsz, cfg.workers, stride=max(self.spec.strides))
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.train_data.root}: no full batch of {cfg.batch} images")

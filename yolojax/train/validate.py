@@ -16,18 +16,19 @@ from tqdm import tqdm
 from ..eval.boxes import clip_boxes, unletterbox_boxes
 from ..eval.metrics import DetectionMetrics
 from ..eval.obb import OBBMetrics, scale_rboxes
-from ..model.spec import STRIDES, Spec
+from ..model.spec import Spec
 from .step import make_predict
 
 
-def val_loader(dataset, batch: int, imgsz: int, workers: int = 4, *, rect: bool = True):
+def val_loader(dataset, batch: int, imgsz: int, workers: int = 4, *, rect: bool = True, stride: int = 32):
     """Letterbox-only loader for validation. rect: Ultralytics' rectangular batches (its default for `val`),
-    else every image letterboxed to the imgsz square. Metrics read ground truth from the records, so the
-    padded box rows only need to hold every image's boxes (no cut, no warning)."""
+    sides multiples of `stride` (the model's largest, `max(spec.strides)`), else every image letterboxed to
+    the imgsz square. Metrics read ground truth from the records, so the padded box rows only need to hold
+    every image's boxes (no cut, no warning)."""
     from ..data.loader import Loader
     m = max((len(r.boxes) for r in dataset.records), default=1)
     return Loader(dataset, batch, imgsz, augment=False, workers=workers, max_boxes=max(8, -(-m // 8) * 8),
-                  rect=rect, pad=0.5, stride=max(STRIDES))
+                  rect=rect, pad=0.5, stride=stride)
 
 
 def onnx_fixed_size(path) -> tuple[int, int] | None:
