@@ -19,8 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pruning
+from yolojax.api import Detector
+from yolojax.data.loader import Loader
+from yolojax.model.counting import count_flops, count_params
 from yolojax.model.spec import Spec
 from yolojax.model.yolov8 import YOLOv8
+from yolojax.train.trainer import Trainer, resolve_model
 
 from . import adapters as ad
 from .losses import cwd_loss, logit_kd_loss, multi_scale, sad_loss
@@ -173,7 +178,6 @@ def make_distill_loss(teacher_spec: Spec, student_spec: Spec, dcfg: DistillConfi
 
 def _feature_batch(dataset, imgsz: int, n: int = 16) -> np.ndarray:
     """Up to n letterboxed training images, uint8 [n,S,S,3] (for fitting adapters)."""
-    from yolojax.data.loader import Loader
     # max_boxes: only the images are used, but rows past it would warn
     loader = Loader(dataset, min(n, len(dataset)), imgsz, augment=False, workers=0, max_boxes=1024)
     try:
@@ -207,8 +211,6 @@ def init_aux(teacher_spec: Spec, teacher_vars: Mapping, student_spec: Spec, stud
 
 def prune_student(teacher, ratio: float, policy: str = "layer", **policy_kw):
     """Prune the teacher into a student (pruning's public API): Detector with meta['pruning'] recorded."""
-    import pruning
-    from yolojax import Detector
     kinds = {"layer": pruning.LayerRatio, "global": pruning.GlobalRatio, "group": pruning.GroupPolicy}
     if policy not in kinds:
         raise ValueError(f"prune policy must be one of {sorted(kinds)}, got {policy!r}")
@@ -234,7 +236,6 @@ def distill_finetune(teacher, student, train_data, val_data, cfg, method: str | 
     overrides: DistillConfig fields (tau, scale_weights, loss_weight, cwd_weight, adapters, ...);
     cfg: yolojax.train.config.TrainConfig. resume: continue RUNDIR/last exactly (state, adapters, position).
     """
-    from yolojax.train.trainer import Trainer, resolve_model
     dcfg = dcfg or DistillConfig()
     dcfg = dataclasses.replace(dcfg, method=dcfg.method if method is None else method, **overrides)
     check_pair(teacher.spec, student.spec)
@@ -249,7 +250,6 @@ def distill_finetune(teacher, student, train_data, val_data, cfg, method: str | 
         aux = init_aux(teacher.spec, t_vars, spec, variables, dcfg, images=images, seed=cfg.seed)
     extra = make_distill_loss(teacher.spec, spec, dcfg,
                               dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None) if terms else None
-    from yolojax.model.counting import count_flops, count_params
     info = {"method": dcfg.method, "config": dcfg.to_dict(), "adapters": sorted(aux.get("adapters", {})),
             "teacher": {"source": str(teacher.meta.get("source", teacher.meta.get("path", ""))),
                         "params": count_params(teacher.spec), "gflops": count_flops(teacher.spec, cfg.imgsz)},

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
+from yolojax.eval.nms import non_max_suppression_numpy
+
 from .onnx_emit import decoded_tensors, read_metadata, spec_from_onnx
 
 # ONNX ops TensorRT 10's parser supports (onnx-tensorrt docs/operators.md), restricted to those a detector
@@ -54,7 +56,7 @@ class ExportCheckError(RuntimeError):
 def ort_session(model: str | Path | bytes, threads: int | None = None, providers: Sequence[str] | None = None):
     """An ONNX Runtime session that does not spin its worker threads after a run (they would steal the cores
     from whatever runs next, see /work/shared/tools/README.md); intra-op threads = cores by default."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded on the first session, not with the exporter
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
@@ -281,7 +283,6 @@ def check_onnx(model: str | Path | onnx.ModelProto, detector=None, *, images: np
                 if not r["passed"]:
                     errors.append(f"ONNX Runtime vs JAX at {sh}x{sw}: {_fmt_groups(r)}")
         if nms == "ort":
-            from yolojax.eval.nms import non_max_suppression_numpy
             conf, iou, max_det = float(meta["conf"]), float(meta["iou"]), int(meta["max_det"])
             dets, num = ort_session(proto.SerializeToString()).run(["output0", "num_dets"], {inp.name: x})
             rn = non_max_suppression_numpy(ref["boxes"].transpose(0, 2, 1), ref["scores"].transpose(0, 2, 1),

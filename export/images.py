@@ -8,6 +8,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from yolojax.data.augment import letterbox_params, resize_pad
+
 IMG_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
 
@@ -19,7 +21,6 @@ def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114) -> 
     """Resize keeping the aspect ratio (cv2.INTER_LINEAR), then pad to `new_shape` (h, w) centred: Ultralytics'
     LetterBox(auto=False, scaleup=True), pixel for pixel (`yolojax.data.augment.letterbox_params`).
     img [H,W,3] uint8 -> [h,w,3] uint8."""
-    from yolojax.data.augment import letterbox_params, resize_pad
     _, size, pads = letterbox_params(img.shape[:2], tuple(new_shape))
     return resize_pad(img, size, pads, color)
 

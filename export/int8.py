@@ -130,6 +130,7 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     'vs_float': {'box_mae_px', 'box_max_rel', 'score_mae', 'score_max_abs'}, 'vs_jax' and 'float_vs_jax' (same
     keys, with a detector), 'passed', 'summary'}.
     """
+    # heavy (start-up of every `yolojax` command that imports export): only quantizing needs them
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -269,7 +270,7 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
 def ort_optimized_ops(path: str | Path) -> dict[str, int]:
     """Op counts ('domain::Op' outside the default domain) of the graph ONNX Runtime's CPU provider actually
     runs after its graph optimizations (ORT_ENABLE_ALL): shows whether Q/DQ units were fused into QLinear ops."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: see quantize_int8
     with tempfile.TemporaryDirectory(prefix="yolojax-ortopt-") as work:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

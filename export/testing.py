@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Mapping
 
+import jax
 import numpy as np
 
 from yolojax.model.spec import Spec
+from yolojax.model.yolov8 import variable_shapes
 
 
 def randomize_variables(variables: Mapping, seed: int = 0) -> dict:
@@ -48,8 +50,6 @@ def randomize_variables(variables: Mapping, seed: int = 0) -> dict:
 
 def random_variables(spec: Spec, seed: int = 0) -> dict:
     """`randomize_variables` on the shapes of `spec`, without running Flax's init (no compilation)."""
-    import jax
-    from yolojax.model.yolov8 import variable_shapes
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(spec))
     return randomize_variables(zeros, seed)
 

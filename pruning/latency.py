@@ -33,17 +33,24 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
+from yolojax.api import Detector
 from yolojax.errors import RuntimeFailure, UserError
 from yolojax.model.counting import conv_table
 from yolojax.model.spec import Spec
 
 from .groups import build_groups
+from .policy import LayerRatio
+from .prune import spec_from_counts
 
 BACKENDS = ("onnxruntime", "jax", "tensorrt")
 TABLE_FORMAT = 1
@@ -70,10 +77,9 @@ def cpu_model() -> str:
 
 def backend_version(backend: str) -> str:
     if backend == "onnxruntime":
-        import onnxruntime
+        import onnxruntime  # heavy: only for the onnxruntime backend
         return onnxruntime.__version__
     if backend == "jax":
-        import jax
         return f"{jax.__version__} ({jax.default_backend()})"
     if backend == "tensorrt":
         _tensorrt()
@@ -82,7 +88,7 @@ def backend_version(backend: str) -> str:
 
 def _tensorrt():
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt  # noqa: F401  optional (GPU machines only)
     except Exception as e:  # ImportError, or a broken CUDA install
         raise RuntimeFailure(f"--backend tensorrt: TensorRT is not available on this machine ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:80]}); build the latency table on the deployment "
@@ -309,7 +315,6 @@ class LatencyModel:
 
 # -- measuring ---------------------------------------------------------------------------------------------
 def _onnx_conv(cin, cout, k, s, h, w, act, batch) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     W = numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * 0.05).astype(np.float32), "W")
     B = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32) * 0.1, "B")
@@ -328,7 +333,7 @@ def _onnx_conv(cin, cout, k, s, h, w, act, batch) -> bytes:
 
 
 def _ort_session(model: bytes | str, threads: int):
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: only when measuring on this backend
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -346,8 +351,6 @@ def _conv_runner(backend, cin, cout, k, s, h, w, act, batch, threads) -> Callabl
         feed = {"x": x}
         return lambda: sess.run(None, feed)
     if backend == "jax":
-        import jax
-        import jax.numpy as jnp
         xj = jnp.asarray(x.transpose(0, 2, 3, 1))
         wj = jnp.asarray(np.random.default_rng(0).standard_normal((k, k, cin, cout)).astype(np.float32) * 0.05)
         bj = jnp.zeros((cout,), jnp.float32)
@@ -410,11 +413,10 @@ def end_to_end_runner(spec: Spec, variables, backend: str, imgsz: int, batch: in
                       workdir: str | Path) -> Callable[[], object]:
     """One inference of the whole model (exported graph, no NMS, for onnxruntime; jitted apply for jax).
     Uses the export stage's public entry points (imported here, lazily)."""
-    from yolojax.api import Detector
     det = Detector(spec, variables if variables is not None else Detector.create(spec).variables)
     if backend == "tensorrt":
         _tensorrt()
-    from export.benchmark import make_candidate
+    from export.benchmark import make_candidate  # the export stage, needed only to time whole models
     kw = dict(imgsz=imgsz, batch=batch, half=False, name=f"m{spec_key(spec)}")
     if backend == "onnxruntime":
         kw.update(threads=threads, workdir=str(workdir))
@@ -425,10 +427,7 @@ def calibrate(model: LatencyModel, *, reps: int = 20, shares: Sequence[float] = 
               log: Callable[[str], None] | None = None) -> dict:
     """Fit ms = alpha * sum(conv ms) + beta on end-to-end measurements of the model at several widths (the
     same share of every group removed), store it in the table under the spec's key, and return it."""
-    import tempfile
 
-    from .policy import LayerRatio
-    from .prune import spec_from_counts
     st = model.table.settings
     groups = model.struct.groups
     specs, sums = [model.spec], [model.conv_sum(model.full_counts())]

@@ -265,7 +265,7 @@ class LatencyTarget(Policy):
         return d
 
     def latency_model(self, spec, variables=None):
-        from .latency import latency_model
+        from .latency import latency_model  # circular at import time: latency builds LayerRatio policies
         if self.model is not None and getattr(self.model, "spec", None) == spec:
             return self.model
         m = latency_model(spec, backend=self.backend, imgsz=self.imgsz, batch=self.batch, threads=self.threads,
@@ -275,8 +275,8 @@ class LatencyTarget(Policy):
 
     def plan_counts(self, spec, variables, groups, scores):
         """(scores with near-zero channels ranked last, kept count per group): called by `prune.plan`."""
-        from .latency import plan_latency_counts
-        from .prune import near_zero_masks
+        from .latency import plan_latency_counts  # circular at import time (see latency_model)
+        from .prune import near_zero_masks  # circular: prune imports this module
         zero = None
         if self.prune_below is not None:
             zero = near_zero_masks(spec, variables, self.prune_below)

@@ -52,6 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
+
+from yolojax.data.loader import Loader
+from yolojax.loss import detection_loss
+from yolojax.loss.obb import obb_loss
+from yolojax.model.yolov8 import YOLOv8
 
 SCHEDULES = ("constant", "decay", "dynamic")
 MODES = ("prox", "grad")
@@ -226,10 +232,6 @@ def taylor_importance(spec, variables, dataset, imgsz: int, *, batches: int = 8,
     """First-order Taylor importance of every BN channel (Molchanov et al. 2019): the RMS over `batches`
     training batches (letterboxed, no augmentation) of gamma * dL/dgamma, the loss change removing the
     channel's scale would cause to first order. {'model_0/bn/scale': [cout], ...}."""
-    from yolojax.data.loader import Loader
-    from yolojax.loss import detection_loss
-    from yolojax.loss.obb import obb_loss
-    from yolojax.model.yolov8 import YOLOv8
     model = YOLOv8(spec)
     task_loss = obb_loss if spec.task == "obb" else detection_loss
 
@@ -327,7 +329,7 @@ def gamma_stats(params, opt_state=None) -> dict[str, float]:
 
 def gamma_histogram_plot(params_before, params_after, path: str | Path, *, title: str = "BN |gamma|") -> Path:
     """Histogram (log-spaced bins) of |gamma| before and after sparsity training, saved to `path` (PNG)."""
-    import matplotlib
+    import matplotlib  # heavy, plots only
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -372,7 +374,6 @@ class SparsityMonitor:
             self.initial = params
         stats = gamma_stats(params, jax.device_get(trainer.state.opt_state))
         logs.update({f"sparsity/{k}": float(v) for k, v in stats.items() if k != "count"})
-        from tqdm import tqdm
         lam = f", lambda {stats['lambda']:.3g}" if "lambda" in stats else ""
         tqdm.write(f"epoch {epoch + 1}: {stats['frac_lt_1e-2']:.1%} of BN gammas below 1e-2 "
                    f"({stats['frac_lt_1e-3']:.1%} below 1e-3){lam}; detection loss {logs.get('loss', float('nan')):.3f}")

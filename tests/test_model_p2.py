@@ -80,8 +80,8 @@ def test_info_cli_reports_ultralytics_counts():
 
 
 def test_p2_trains_prunes_and_exports():
-    """SGD steps on one batch more than halve the loss; the zero-gamma pruning is lossless; a randomly pruned P2 exports to ONNX
-    with ORT parity at both fixed and dynamic sizes."""
+    """SGD steps on one batch more than halve the loss; the zero-gamma pruning is lossless; a randomly pruned
+    P2 exports to ONNX with ORT parity at both fixed and dynamic sizes."""
     spec = yolov8_spec("tiny-p2", 2)
     rng = np.random.default_rng(0)
     B, S, M = 4, 64, 4

@@ -1,4 +1,5 @@
-"""`yolojax compress` end to end on a tiny configuration: every artifact exists and the report is consistent."""
+"""`yolojax compress` end to end on tiny configurations (detection on the P2 architecture, OBB on YOLOv8): every
+artifact exists and the report is consistent."""
 import json
 import subprocess
 import sys
@@ -15,8 +16,8 @@ def test_compress_end_to_end(tmp_path):
     from yolojax.data.synth import make_synthetic
     data = make_synthetic(tmp_path / "synth", images=20, imgsz=64, seed=5, progress=False)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "yolojax.cli", "compress", "--data", str(data), "--model", "tiny", "-o", str(run),
-           "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--epochs-teacher", "1",
+    cmd = [sys.executable, "-m", "yolojax.cli", "compress", "--data", str(data), "--model", "tiny-p2",
+           "-o", str(run), "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--epochs-teacher", "1",
            "--epochs-sparse", "1", "--epochs-finetune", "1", "--bench-runs", "2",
            "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1500)

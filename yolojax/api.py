@@ -6,15 +6,21 @@ import functools
 from pathlib import Path
 from typing import Any, Mapping
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint
 from .errors import UserError
+from .eval.boxes import scale_boxes
+from .eval.obb import scale_rboxes
+from .model.counting import count_flops, count_params
 from .model.spec import Spec, yolov8_spec
 from .model.yolov8 import YOLOv8, init_variables
 from .model import ultralytics as ul
+from .train.step import make_predict
+from .viz import letterbox_batch
 
 
 # Where the Ultralytics YOLOv8 weights are published (named in the error for a missing .pt).
@@ -46,14 +52,12 @@ def _jitted_apply(spec: Spec):
 def predictor(spec: Spec, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False):
     """The jitted `make_predict` (forward + NMS) of a spec, cached. Defaults are Ultralytics predict's (conf 0.25,
     IoU 0.7, 300 detections, best class per box); validation uses conf 0.001 and multi_label=True."""
-    from .train.step import make_predict
     return jax.jit(make_predict(spec, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label))
 
 
 def _read_image(src) -> np.ndarray:
     if isinstance(src, np.ndarray):
         return src
-    import cv2
     img = cv2.imread(str(src))
     if img is None:
         raise FileNotFoundError(f"{src}: not found or not an image OpenCV can read")
@@ -97,9 +101,6 @@ class Detector:
         Returns one dict per image: boxes [N,4] xyxy in original pixels, clipped to the image (OBB models:
         rboxes [N,5] cx, cy, w, h, angle), scores [N], classes [N] int, shape (h, w).
         """
-        from .eval.boxes import scale_boxes
-        from .eval.obb import scale_rboxes
-        from .viz import letterbox_batch
         items = list(source) if isinstance(source, (list, tuple)) else [source]
         imgsz = int(imgsz or self.meta.get("imgsz", 640))
         if imgsz % 32:
@@ -132,7 +133,6 @@ class Detector:
         return self.spec.names or tuple(f"class{i}" for i in range(self.spec.nc))
 
     def num_params(self) -> int:
-        from .model.counting import count_params
         return count_params(self.spec)
 
     def save(self, directory: str | Path, **meta) -> Path:
@@ -147,7 +147,6 @@ class Detector:
     def summary(self) -> str:
         """One line: model name, spec (classes, task, pruned or not), parameters, GFLOPs at 640 px, and the
         recorded training size and source when known (what `repr` shows: never the arrays)."""
-        from .model.counting import count_flops, count_params
         spec = self.spec
         name = spec.name
         channels = sum(w for _, w in spec.widths)

@@ -7,6 +7,8 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
+from .data.augment import letterbox_params, resize_pad
+
 
 def palette(n: int) -> list[tuple[int, int, int]]:
     """n distinct BGR colours."""
@@ -49,7 +51,6 @@ def letterbox_image(image_bgr: np.ndarray, imgsz: int | tuple[int, int], *, auto
     The output is [imgsz, imgsz, 3] (or the given (h, w)); with auto=True only padded to the next multiple of
     `stride` (Ultralytics predict on a single image). See `letterbox_batch` for predict's full rule and the
     per-axis gains Ultralytics maps boxes back with."""
-    from .data.augment import letterbox_params, resize_pad
     r, size, pads = letterbox_params(image_bgr.shape[:2], imgsz, auto=auto, stride=stride)
     img = resize_pad(image_bgr, size, pads)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (r, float(pads[2]), float(pads[0]))
@@ -83,7 +84,6 @@ def letterbox_batch(images_bgr: Sequence[np.ndarray], imgsz: int | tuple[int, in
     to the full imgsz square. Resizing is cv2.INTER_LINEAR, scale-up allowed, sides rounded with Python's
     round, padding split round(d/2 -/+ 0.1) with gray 114 -- Ultralytics' `LetterBox`, pixel for pixel.
     """
-    from .data.augment import letterbox_params
     if not len(images_bgr):
         raise ValueError("letterbox_batch needs at least one image")
     same = len({im.shape for im in images_bgr}) == 1

@@ -23,6 +23,7 @@ import re
 from typing import Callable, Iterable, Mapping, Sequence
 
 import cv2
+import jax
 import numpy as np
 import yaml
 from tqdm import tqdm
@@ -30,8 +31,11 @@ from tqdm import tqdm
 from yolojax.data import geometry as geo
 from yolojax.data.convert import _label_lines, _write
 from yolojax.data.imageio import decode
+from yolojax.data.readers import load_dataset
 from yolojax.data.records import Dataset, Record
+from yolojax.eval.obb import nms_rotated_numpy, scale_rboxes
 from yolojax.eval.rotated import intersection_area, polygon_area
+from yolojax.viz import letterbox_image
 
 TILE = 1024
 OVERLAP = 200
@@ -192,7 +196,6 @@ def merge_tiles(parts: Iterable[tuple], *, iou: float = 0.5, iou_type: str = "io
     mostly inside the whole one, however little their IoU), "polygon" or "probiou". Returns (rboxes [K,5],
     scores [K], classes [K]) by score, plus with return_index the kept rows' indices into the concatenated parts.
     """
-    from yolojax.eval.obb import nms_rotated_numpy
 
     boxes, scores, classes, groups = [np.zeros((0, 5))], [np.zeros(0)], [np.zeros(0, np.int64)], [np.zeros(0, int)]
     for g, ((x0, y0), b, s, c) in enumerate(parts):
@@ -217,10 +220,7 @@ def predict_tiled(predict: Callable, variables, image_bgr: np.ndarray, *, imgsz:
     NMS dict. Tiles are letterboxed to imgsz and run `batch` at a time (the last batch padded, so one
     compilation serves every image). Returns (rboxes [K,5], scores [K], classes [K]) in image pixels.
     """
-    import jax
 
-    from yolojax.eval.obb import scale_rboxes
-    from yolojax.viz import letterbox_image
 
     h, w = image_bgr.shape[:2]
     windows = tile_windows((h, w), tile, overlap)
@@ -258,7 +258,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from yolojax.data.readers import load_dataset
 
     loaded: dict[str, Dataset] = {}
     for split in args.splits:

@@ -145,7 +145,7 @@ def coco_eval(gt, dets, *, verbose: bool = False) -> np.ndarray:
     remapped to 1..N for pycocotools; a detection on an image missing from gt is an error.
     `verbose` prints COCOeval's summary table.
     """
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # start-up: only the COCO cross-check needs it
     from pycocotools.cocoeval import COCOeval
 
     gt, dets = _load(gt, "ground truth"), _load(dets, "detections")

@@ -86,7 +86,9 @@ def dist2rbox(ltrb, angle, anchors):
 def decode_head(dists, logits, angles, shapes, strides, reg_max: int) -> dict:
     """Detect's decode of the raw per-level branch outputs ([B,h,w,C] each, finest level first) into the
     model's predictions: DFL, anchors, boxes in input pixels, sigmoid scores (and the OBB angle)."""
-    flat = lambda ys: jnp.concatenate([y.reshape(y.shape[0], -1, y.shape[-1]) for y in ys], 1).astype(jnp.float32)  # noqa: E731
+    def flat(ys):
+        return jnp.concatenate([y.reshape(y.shape[0], -1, y.shape[-1]) for y in ys], 1).astype(jnp.float32)
+
     dist, logit = flat(dists), flat(logits)
     anchors, stride = make_anchors(shapes, strides)
     ltrb = dfl_decode(dist, reg_max)

@@ -8,6 +8,7 @@ extent is checked against its storage before any view is made: a crafted file mu
 from __future__ import annotations
 
 import collections
+import io
 import operator
 import pickle
 import re
@@ -165,7 +166,7 @@ def import_state_dict(spec: Spec | None, state: Mapping[str, np.ndarray], *, str
     `(spec, variables)`. Every variable of the spec must be filled, with the right shape.
     """
     from .yolov8 import variable_shapes  # local: keeps this module importable without jax for the reader
-    import jax
+    import jax  # (as above)
 
     infer = spec is None
     if infer:
@@ -209,7 +210,7 @@ def import_state_dict(spec: Spec | None, state: Mapping[str, np.ndarray], *, str
 
 def export_state_dict(spec: Spec, variables: Mapping) -> dict[str, np.ndarray]:
     """Inverse of `import_state_dict`: Flax variables -> Ultralytics state_dict names (numpy, OIHW)."""
-    import jax
+    import jax  # (as above)
 
     inv = {(leaf[0],) + leaf[1:]: k for k, leaf in _LEAF.items()}
     state: dict[str, np.ndarray] = {}
@@ -231,7 +232,8 @@ def export_state_dict(spec: Spec, variables: Mapping) -> dict[str, np.ndarray]:
             if tail[-1] == "kernel":
                 arr = arr.transpose(3, 2, 0, 1)
             state[".".join(["model", i] + mods + list(ukey))] = arr
-    state[f"model.{lower(spec).detect_layer}.dfl.conv.weight"] = np.arange(spec.reg_max, dtype=np.float32).reshape(1, -1, 1, 1)
+    dfl = np.arange(spec.reg_max, dtype=np.float32).reshape(1, -1, 1, 1)
+    state[f"model.{lower(spec).detect_layer}.dfl.conv.weight"] = dfl
     return state
 
 
@@ -443,7 +445,6 @@ def read_pt(path: str | Path) -> dict:
         if byteorder != "little":
             raise MalformedCheckpointError(f"{path}: byte order {byteorder[:20]!r}: only little-endian checkpoints "
                                            f"are supported")
-        import io
         try:
             return _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), zf, prefix, str(path)).load()
         except MalformedCheckpointError as e:

@@ -8,6 +8,7 @@ learning rate, e.g. BN-L1's proximal form].
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -70,7 +71,6 @@ def build_optimizer(cfg: TrainConfig, params: Any, *, steps_per_epoch: int, nc: 
     updates_per_epoch = max(steps_per_epoch // k, 1)
     if name == "adamw" and cfg.warmup_bias_lr > 0.01:
         # as Ultralytics: a 0.1 bias lr is an SGD habit that makes Adam diverge in warmup
-        import dataclasses
         cfg = dataclasses.replace(cfg, warmup_bias_lr=0.0)
     lrs, mom, warmup = make_schedules(cfg, updates_per_epoch, lr0, momentum)
     wd = cfg.scaled_weight_decay()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ..data.loader import Loader
 from ..model.modules import BN_MOMENTUM
 from ..model.spec import Spec
 from ..model.yolov8 import YOLOv8
@@ -22,7 +23,6 @@ def recalibrate_bn(spec: Spec, variables: dict, dataset, imgsz: int, *, batches:
                    seed: int = 0, workers: int = 2) -> dict:
     """Variables with batch_stats re-estimated over `batches` batches of `dataset` (a yolojax Dataset), in a
     fixed seeded order. Parameters are returned unchanged."""
-    from ..data.loader import Loader
     model = YOLOv8(spec)
 
     @jax.jit

@@ -8,8 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..eval.nms import non_max_suppression
+from ..eval.obb import rotated_nms
 from ..loss import LossConfig, detection_loss
 from ..loss.obb import obb_loss
+from ..model.modules import BN_MOMENTUM
 from ..model.spec import Spec
 from ..model.yolov8 import YOLOv8
 
@@ -73,7 +76,6 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
     the usual exponential one. Plain EMA keeps 0.97^t of the initial (mean 0, var 1) for hundreds of steps,
     which breaks eval-mode outputs of short runs (and of fine-tuning a model whose statistics changed).
     """
-    from ..model.modules import BN_MOMENTUM
     model = YOLOv8(spec, dtype=dtype)
     task_loss = obb_loss if spec.task == "obb" else detection_loss
 
@@ -125,8 +127,6 @@ def make_predict(spec: Spec, *, conf: float = 0.001, iou: float = 0.7, max_det: 
     """predict(variables, images uint8|float [B,S,S,3]) -> NMS'd detections (static shapes), jittable:
     boxes [B,max_det,4] xyxy, or for an obb spec [B,max_det,5] (cx,cy,w,h,angle) after rotated NMS (ProbIoU);
     scores, classes, valid [B,max_det]."""
-    from ..eval.nms import non_max_suppression
-    from ..eval.obb import rotated_nms
 
     model = YOLOv8(spec, dtype=dtype)
 

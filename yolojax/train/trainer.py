@@ -24,6 +24,8 @@ import optax
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
+from ..api import Detector, load
+from ..data.loader import Loader
 from ..errors import RuntimeFailure
 from ..loss import LossConfig
 from ..model.arch import is_model_name
@@ -108,7 +110,6 @@ def resolve_model(model: str | Path | Spec | Any, nc: int, names: list[str], see
                   task: str = "detect") -> tuple[Spec, dict, str]:
     """A (spec, variables, note) for training on `nc` classes from a variant name, a spec, a Detector, or any
     checkpoint `yolojax.load` reads (weights transferred where shapes fit when nc differs)."""
-    from ..api import Detector, load
     if isinstance(model, Spec):
         spec = model.replace(names=tuple(names)) if model.nc == nc else None
         if spec is None:
@@ -157,7 +158,6 @@ class Trainer:
     meta: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        from ..data.loader import Loader
         cfg = self.cfg
         self.rundir = Path(self.rundir)
         pc, pi = jax.process_count(), jax.process_index()
@@ -276,7 +276,7 @@ class Trainer:
     @property
     def writer(self):
         if self._writer is None and is_primary():
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # only the primary host writes; heavy (protobuf)
             self._writer = SummaryWriter(str(self.rundir / "tb"))
         return self._writer
 

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from ..data.loader import Loader
 from ..eval.boxes import clip_boxes, unletterbox_boxes
 from ..eval.metrics import DetectionMetrics
 from ..eval.obb import OBBMetrics, scale_rboxes
@@ -25,7 +26,6 @@ def val_loader(dataset, batch: int, imgsz: int, workers: int = 4, *, rect: bool 
     sides multiples of `stride` (the model's largest, `max(spec.strides)`), else every image letterboxed to
     the imgsz square. Metrics read ground truth from the records, so the padded box rows only need to hold
     every image's boxes (no cut, no warning)."""
-    from ..data.loader import Loader
     m = max((len(r.boxes) for r in dataset.records), default=1)
     return Loader(dataset, batch, imgsz, augment=False, workers=workers, max_boxes=max(8, -(-m // 8) * 8),
                   rect=rect, pad=0.5, stride=stride)
