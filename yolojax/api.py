@@ -77,6 +77,12 @@ class Detector:
     variables: Mapping[str, Any]
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
+    @functools.cached_property
+    def device_variables(self) -> Any:
+        """The variables on the default device, placed once per Detector (numpy trees from `load` would
+        otherwise be uploaded again by every call)."""
+        return jax.device_put(self.variables)
+
     def __call__(self, images) -> dict:
         images = jnp.asarray(images)
         if images.ndim == 3:
@@ -84,7 +90,7 @@ class Detector:
         h, w = images.shape[1:3]
         if h % 32 or w % 32:
             raise ValueError(f"image size {h}x{w} must be a multiple of 32 (letterbox it first)")
-        preds, _ = _jitted_apply(self.spec)(self.variables, images)
+        preds, _ = _jitted_apply(self.spec)(self.device_variables, images)
         return preds
 
     def predict(self, source, *, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7,
@@ -111,7 +117,7 @@ class Detector:
         for i in range(0, len(items), max(1, batch)):
             ims = [_read_image(s) for s in items[i:i + max(1, batch)]]
             x, infos = letterbox_batch(ims, imgsz)
-            r = jax.device_get(run(self.variables, x))
+            r = jax.device_get(run(self.device_variables, x))
             for k, (im, info) in enumerate(zip(ims, infos)):
                 keep = r["valid"][k]
                 res = {"scores": r["scores"][k][keep], "classes": r["classes"][k][keep].astype(np.int64),
@@ -125,8 +131,8 @@ class Detector:
         return out
 
     def features(self, images) -> dict:
-        """Neck features p3/p4/p5 [B,H/s,W/s,C]."""
-        return _jitted_apply(self.spec)(self.variables, jnp.asarray(images))[1]
+        """Neck features by level ('p3', 'p4', 'p5'; 'p2' too for P2 models) [B,H/s,W/s,C]."""
+        return _jitted_apply(self.spec)(self.device_variables, jnp.asarray(images))[1]
 
     @property
     def names(self) -> tuple[str, ...]:

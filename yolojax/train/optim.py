@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .config import TrainConfig
@@ -30,13 +31,14 @@ def param_labels(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_schedules(cfg: TrainConfig, updates_per_epoch: int, lr0: float, momentum: float):
-    """lr(count) per group and momentum(count), count = optimizer updates done."""
+def make_schedules(cfg: TrainConfig, updates_per_epoch: int, lr0: float, momentum: float, xp=jnp):
+    """lr(count) per group and momentum(count), count = optimizer updates done. xp: jax.numpy for the optimizer
+    (traced inside the step), numpy for the host's logs (no device round trip)."""
     upe = max(int(updates_per_epoch), 1)
     warmup = max(round(cfg.warmup_epochs * upe), min(100, upe * cfg.epochs)) if cfg.warmup_epochs > 0 else 0
 
     def lf(count):
-        epoch = jnp.minimum(count // upe, cfg.epochs - 1).astype(jnp.float32)
+        epoch = xp.minimum(count // upe, cfg.epochs - 1).astype(xp.float32)
         return (1 - epoch / cfg.epochs) * (1.0 - cfg.lrf) + cfg.lrf
 
     def lr(start):
@@ -44,15 +46,15 @@ def make_schedules(cfg: TrainConfig, updates_per_epoch: int, lr0: float, momentu
             target = lr0 * lf(count)
             if warmup == 0:
                 return target
-            frac = jnp.clip(count / warmup, 0.0, 1.0)
-            return jnp.where(count < warmup, start + (target - start) * frac, target)
+            frac = xp.clip(count / warmup, 0.0, 1.0)
+            return xp.where(count < warmup, start + (target - start) * frac, target)
         return schedule
 
     def mom(count):
         if warmup == 0:
-            return jnp.asarray(momentum, jnp.float32)
-        frac = jnp.clip(count / warmup, 0.0, 1.0)
-        return jnp.where(count < warmup, cfg.warmup_momentum + (momentum - cfg.warmup_momentum) * frac, momentum)
+            return xp.asarray(momentum, xp.float32)
+        frac = xp.clip(count / warmup, 0.0, 1.0)
+        return xp.where(count < warmup, cfg.warmup_momentum + (momentum - cfg.warmup_momentum) * frac, momentum)
 
     return {"decay": lr(0.0), "bn": lr(0.0), "bias": lr(cfg.warmup_bias_lr)}, mom, warmup
 
@@ -99,7 +101,8 @@ def build_optimizer(cfg: TrainConfig, params: Any, *, steps_per_epoch: int, nc: 
         tx = optax.MultiSteps(tx, every_k_schedule=k, use_grad_mean=False)
     info = {"optimizer": name, "lr0": lr0, "momentum": momentum, "accumulate": k, "warmup_updates": warmup,
             "weight_decay": wd, "updates_per_epoch": updates_per_epoch, "lr": lrs["decay"], "lr_bias": lrs["bias"],
-            "momentum_fn": mom}
+            "momentum_fn": mom,
+            "lr_host": make_schedules(cfg, updates_per_epoch, lr0, momentum, xp=np)[0]["decay"]}
     return tx, info
 
 

@@ -298,10 +298,18 @@ class Trainer:
     def validate(self, variables: dict | None = None) -> dict:
         if self.val_loader is None:
             return {}
-        variables = jax.device_get(variables or self.state.ema_variables())
+        variables = variables or self.state.ema_variables()  # on the device already: validation reads it there
+        if jax.process_count() > 1:  # global arrays span hosts: each host validates on its own copy
+            variables = jax.device_get(variables)
         metrics, _ = run_validation(self.spec, variables, self.val_loader, predict=self._predict,
                                     progress=self.progress)
         return metrics
+
+    # Metrics stay on the device and are fetched in one transfer every LOG_EVERY steps, before every save and at
+    # the end of an epoch: the host never waits for a step to finish before dispatching the next one. A
+    # non-finite step is never applied (the jitted step keeps the old state); it is reported at the next fetch,
+    # before anything is saved, so the last checkpoint on disk is always a good one.
+    LOG_EVERY = 10
 
     def train_epoch(self, stop_after: int | None = None) -> dict:
         """Run the rest of the current epoch. stop_after: stop after that many steps (tests, kill simulation)."""
@@ -315,6 +323,49 @@ class Trainer:
         t0 = time.time()
         if getattr(self, "_guard", None) is None:
             self._guard = DivergenceGuard(jax.device_get(self.state.params))
+        pending: list[tuple[int, int, Any]] = []  # (global step, batch index in the epoch, device metrics)
+
+        def flush() -> None:
+            """Fetch the pending steps' metrics in one transfer and account for them in order."""
+            nonlocal n
+            if not pending:
+                return
+            fetched = jax.device_get([m for _, _, m in pending])
+            rows = []
+            for (gstep, bidx, _), m in zip(pending, fetched):
+                where = f"epoch {self.epoch + 1}, batch {bidx}"
+                if not bool(m["finite"]):
+                    raise self._diverged(
+                        f"non-finite loss/gradients at {where} (loss={float(m['loss'])}, "
+                        f"items={ {k: float(v) for k, v in m.items() if k not in ('finite',)} }); the step was "
+                        f"not applied")
+                why = self._guard.loss(float(m["loss"]))
+                if why:
+                    raise self._diverged(f"training diverged at {where}: {why}")
+                n += 1
+                for k, v in m.items():
+                    if k != "finite":
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                # per-step losses (resume checks, plotting); a resumed run re-appends the steps it replays
+                rows.append(f"{gstep},{float(m['loss']):.9g},{float(m['box']):.9g},{float(m['cls']):.9g},"
+                            f"{float(m['dfl']):.9g}\n")
+                if gstep % 10 == 0:
+                    lr = float(self.opt_info["lr_host"](gstep // self.opt_info["accumulate"]))
+                    for k in ("loss", "box", "cls", "dfl", "grad_norm"):
+                        if k in m:
+                            self.scalar(f"train_step/{k}", m[k], gstep)
+                    self.scalar("train_step/lr", lr, gstep)
+            if is_primary():
+                with open(self.rundir / "steps.csv", "a") as f:
+                    f.write("".join(rows))
+            if self.progress:
+                (gstep, _, _), m = pending[-1], fetched[-1]
+                lr = float(self.opt_info["lr_host"](gstep // self.opt_info["accumulate"]))
+                bar.set_postfix(loss=f"{float(m['loss']):.3f}", box=f"{float(m['box']):.3f}",
+                                cls=f"{float(m['cls']):.3f}", dfl=f"{float(m['dfl']):.3f}", lr=f"{lr:.2e}")
+            pending.clear()
+
+        dispatched = 0
         for batch in loader:
             compiling = not getattr(self, "_step_ready", False)
             if compiling:  # XLA compiles the step on its first call: minutes of silence would look like a hang
@@ -322,45 +373,25 @@ class Trainer:
                            "rerun with the same model and shapes starts faster) ...", file=sys.stderr)
                 t_compile = time.time()
             self.state, metrics = self._step(self.state, device_batch(batch, self.data_sharding), self.teacher)
-            m = jax.device_get(metrics)
+            bidx = loader.state()["batch"]
+            gstep = int(self.epoch * self.steps_per_epoch + bidx)
+            pending.append((gstep, bidx, metrics))
+            dispatched += 1
             if compiling:
+                flush()
                 self._step_ready = True
                 tqdm.write(f"first training step done in {time.time() - t_compile:.1f} s (compilation included)",
                            file=sys.stderr)
-            where = lambda: f"epoch {self.epoch + 1}, batch {loader.state()['batch']}"  # noqa: E731
-            if not bool(m["finite"]):
-                raise self._diverged(
-                    f"non-finite loss/gradients at {where()} (loss={float(m['loss'])}, "
-                    f"items={ {k: float(v) for k, v in m.items() if k not in ('finite',)} }); the step was not "
-                    f"applied")
-            why = self._guard.loss(float(m["loss"]))
-            if why:
-                raise self._diverged(f"training diverged at {where()}: {why}")
-            n += 1
-            for k, v in m.items():
-                if k != "finite":
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            gstep = int(self.epoch * self.steps_per_epoch + loader.state()["batch"])
-            count = gstep // self.opt_info["accumulate"]
-            lr = float(self.opt_info["lr"](count))
-            if self.progress:
-                bar.set_postfix(loss=f"{float(m['loss']):.3f}", box=f"{float(m['box']):.3f}",
-                                cls=f"{float(m['cls']):.3f}", dfl=f"{float(m['dfl']):.3f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if is_primary():
-                # per-step losses (resume checks, plotting); a resumed run re-appends the steps it replays
-                with open(self.rundir / "steps.csv", "a") as f:
-                    f.write(f"{gstep},{float(m['loss']):.9g},{float(m['box']):.9g},{float(m['cls']):.9g},"
-                            f"{float(m['dfl']):.9g}\n")
-            if gstep % 10 == 0:
-                for k in ("loss", "box", "cls", "dfl", "grad_norm"):
-                    if k in m:
-                        self.scalar(f"train_step/{k}", m[k], gstep)
-                self.scalar("train_step/lr", lr, gstep)
-            if cfg.save_every_steps and gstep % cfg.save_every_steps == 0:
+            save = bool(cfg.save_every_steps and gstep % cfg.save_every_steps == 0)
+            stop = stop_after is not None and dispatched >= stop_after
+            if save or stop or len(pending) >= self.LOG_EVERY:
+                flush()
+            if save:
                 self.save("last")
-            if stop_after is not None and n >= stop_after:
+            if stop:
                 break
+        flush()
         bar.close()
         logs = {k: v / max(n, 1) for k, v in sums.items()}
         logs["epoch_time_s"] = time.time() - t0

@@ -63,10 +63,12 @@ def run_validation(spec: Spec, variables: dict, loader, *, conf: float = 0.001, 
     metrics = (OBBMetrics if obb else DetectionMetrics)(spec.nc, names)
     if predict is None:
         predict = jax.jit(make_predict(spec, conf=conf, iou=iou, max_det=max_det))
+    # once, not uploaded again with every batch; arrays already on devices stay where they are
+    variables = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), variables)
     dets: list = []
     loader.set_epoch(0)
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        out = jax.device_get(predict(variables, batch["images"]))
+        out = jax.device_get(predict(variables, jax.device_put(batch["images"])))
         for k in np.flatnonzero(batch["valid"]):
             keep = out["valid"][k]
             rp = batch["ratio_pad"][k]
