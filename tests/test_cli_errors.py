@@ -193,7 +193,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_consistently(tmp_path, synth):
     while time.time() < deadline and not (run / "last" / "trainer.json").exists():
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=300)
+    _, err = p.communicate(timeout=600)  # a stop lands after the step or compilation under way: slow under load
     assert p.returncode == 130, err[-3000:]
     assert "stopped; resume with --resume" in err and "Traceback" not in err
     # no --data: an interrupted run finds its dataset in last/ (args.json records it only at the end)
