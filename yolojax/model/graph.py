@@ -146,9 +146,6 @@ class Graph:
         """Head output roles: box, cls (+ angle for obb)."""
         return tuple(r for r, _ in self.levels[0].outputs)
 
-    def out_channels(self, role: str) -> int:
-        return {"box": 4 * self.reg_max, "cls": self.nc, "angle": 1}[role]
-
     @functools.cached_property
     def consumers(self) -> dict[int, tuple[int, ...]]:
         out: dict[int, list[int]] = {n.id: [] for n in self.nodes}
@@ -156,10 +153,6 @@ class Graph:
             for i in n.inputs:
                 out[i].append(n.id)
         return {k: tuple(v) for k, v in out.items()}
-
-    @functools.cached_property
-    def by_name(self) -> dict[str, Node]:
-        return {n.name: n for n in self.nodes}
 
     def convs(self, bn: bool | None = None) -> list[Conv]:
         return [n for n in self.nodes if isinstance(n, Conv) and (bn is None or n.bn == bn)]

@@ -131,12 +131,11 @@ def spec_from_state_dict(state: Mapping[str, np.ndarray], *, names=()) -> Spec:
     for n in g.convs(bn=True):
         widths[n.path] = int(np.shape(weight(_ultralytics_prefix(n.path)))[0])
     for n in g.nodes:
-        if isinstance(n, Split):  # part sizes: what the convs reading each part take in
-            sizes = []
-            for part in (g.nodes[c] for c in g.consumers[n.id] if isinstance(g.nodes[c], Part)):
-                readers = [g.nodes[c] for c in g.consumers[part.id] if isinstance(g.nodes[c], Conv)]
-                sizes.append(int(np.shape(weight(_ultralytics_prefix(readers[0].path)))[1]) if readers else None)
-            b = sizes[-1]
+        if isinstance(n, Split):  # the last part's size: what the first Bottleneck conv reading it takes in
+            last = next(g.nodes[c] for c in g.consumers[n.id]
+                        if isinstance(g.nodes[c], Part) and g.nodes[c].index == len(n.sizes) - 1)
+            reader = next(g.nodes[c] for c in g.consumers[last.id] if isinstance(g.nodes[c], Conv))
+            b = int(np.shape(weight(_ultralytics_prefix(reader.path)))[1])
             splits[n.key] = (widths[g.nodes[n.inputs[0]].name] - b, b)
     variant = _guess_variant(widths, nc, reg_max, task, arch.name)
     spec = Spec(variant=variant, nc=nc, reg_max=reg_max, task=task, names=tuple(names), arch=arch.name,
