@@ -58,6 +58,7 @@ def _finished(run: Path, epochs: int) -> dict | None:
 
 def train_teacher(args, train, val, out: Path):
     from yolojax import load
+    from yolojax.train.checkpoints import resume_info
     from yolojax.train.config import TrainConfig
     from yolojax.train.trainer import Trainer, resolve_model
     cfg = TrainConfig(epochs=args.teacher_epochs, batch=args.batch, imgsz=args.imgsz, optimizer="adamw",
@@ -68,7 +69,7 @@ def train_teacher(args, train, val, out: Path):
         t0 = time.time()
         trainer = Trainer(cfg, out, train, val, spec, variables, progress=args.progress, note=note,
                           meta={"data": str(args.data)})
-        if (out / "last" / "trainer.json").exists():
+        if resume_info(out) is not None:
             trainer.restore()
         trainer.fit()
         (out / "time.json").write_text(json.dumps({"seconds": time.time() - t0}))
@@ -77,6 +78,7 @@ def train_teacher(args, train, val, out: Path):
 
 def finetune(args, teacher, student, train, val, method: str, out: Path) -> tuple[dict, float]:
     from distill.train import distill_finetune
+    from yolojax.train.checkpoints import resume_info
     from yolojax.train.config import TrainConfig
     cfg = TrainConfig(epochs=args.student_epochs, batch=args.batch, imgsz=args.imgsz, optimizer="adamw",
                       lr0=args.student_lr0, nbs=args.batch, workers=args.workers, seed=args.finetune_seed,
@@ -85,7 +87,7 @@ def finetune(args, teacher, student, train, val, method: str, out: Path) -> tupl
     if row is None:
         t0 = time.time()
         distill_finetune(teacher, student, train, val, cfg, method, rundir=out, progress=args.progress,
-                         resume=(out / "last" / "trainer.json").exists())
+                         resume=resume_info(out) is not None)
         (out / "time.json").write_text(json.dumps({"seconds": time.time() - t0}))
         row = _finished(out, cfg.epochs)
     secs = json.loads((out / "time.json").read_text())["seconds"] if (out / "time.json").exists() else float("nan")

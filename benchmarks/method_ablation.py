@@ -75,13 +75,14 @@ def sparse_arm(cc, arm: str, teacher, train, val, work: Path) -> tuple[object, d
 def finetune_arm(cc, teacher, pruned, method: str, seed: int, train, val, d: Path) -> dict:
     from distill.train import distill_finetune
     from yolojax.pipeline import _train_config
+    from yolojax.train.checkpoints import resume_info
     row = _done(d)
     if row is None:
         t0 = time.time()
         cfg = _train_config(dataclasses.replace(cc, seed=seed), cc.epochs_finetune, len(train), warmup_epochs=0.5,
                             val_every=cc.epochs_finetune)
         distill_finetune(teacher, pruned, train, val, cfg, method=method, rundir=d / "train", progress=False,
-                         resume=(d / "train" / "last" / "trainer.json").exists())
+                         resume=resume_info(d / "train") is not None)
         last = json.loads((d / "train" / "results.json").read_text())[-1]
         row = {"map50": last["val/map50"], "map50_95": last["val/map50_95"], "seconds": time.time() - t0}
         (d / "result.json").write_text(json.dumps(row, indent=1))

@@ -46,6 +46,7 @@ OVERRIDES = {  # CLI dest -> DistillConfig field
 def cmd_distill(args) -> int:
     from yolojax import load
     from yolojax.train.cli import _datasets, check_args, config_from_args
+    from yolojax.train.checkpoints import resume_info, resume_model
     from yolojax.train.config import TrainConfig
     check_args(args)  # --batch 0, --imgsz 100, ...: one line, not a ZeroDivisionError
 
@@ -54,13 +55,14 @@ def cmd_distill(args) -> int:
     rundir = Path(args.output)
     if args.resume:
         info_file = rundir / "distill.json"
-        if not info_file.exists() or not (rundir / "last" / "trainer.json").exists():
-            raise SystemExit(f"{rundir}: nothing to resume (needs distill.json and last/trainer.json)")
+        saved = resume_info(rundir)
+        if not info_file.exists() or saved is None:
+            raise SystemExit(f"{rundir}: nothing to resume (needs distill.json and a committed checkpoint in "
+                             f"{rundir / 'checkpoints'})")
         info = json.loads(info_file.read_text())
-        cfg = TrainConfig(**json.loads((rundir / "last" / "trainer.json").read_text())["config"])
+        cfg = TrainConfig(**saved["config"])
         dcfg = DistillConfig(**{**info["config"], "scale_weights": tuple(info["config"]["scale_weights"])})
         data = args.data or info.get("data")
-        student_src = str(rundir / "last")
     else:
         dcfg = DistillConfig(**{f: getattr(args, d) for d, f in OVERRIDES.items() if getattr(args, d) is not None})
         cfg = config_from_args(args)
@@ -72,7 +74,9 @@ def cmd_distill(args) -> int:
         raise SystemExit("--student and --prune-ratio exclude each other")
     train, val = _datasets(data, args.format)
     teacher = load(args.teacher)
-    if args.resume or args.student is not None:
+    if args.resume:
+        student = resume_model(rundir, saved)
+    elif args.student is not None:
         student = load(student_src)
     else:
         student = prune_student(teacher, args.prune_ratio, args.prune_policy)

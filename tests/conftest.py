@@ -12,6 +12,13 @@ SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
 
+
+def committed_steps(run: Path) -> list[int]:
+    """The training-state checkpoints a run has committed (RUN/checkpoints/<step>; Orbax writes a checkpoint
+    under a temporary name and renames it when complete), read from the file system while a run may write."""
+    d = Path(run) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
 # Many tests compile the same small programs from fresh closures (a new Trainer, a new jitted forward), which
 # jit's in-memory cache cannot share; XLA's persistent cache is keyed by the program itself, so it does, also
 # across pytest-xdist workers. Only compiled executables are cached: results are the same with or without it.

@@ -17,8 +17,9 @@ import yaml
 import yolojax
 from yolojax.cli import main
 from yolojax.model import tiny_spec
+from yolojax.train.checkpoints import resume_info
 from yolojax.train.trainer import DivergenceGuard
-from tests.conftest import REPO
+from tests.conftest import REPO, committed_steps
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
@@ -190,7 +191,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_consistently(tmp_path, synth):
     p = subprocess.Popen(_train_cmd(synth, run, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=ENV, cwd=REPO)
     deadline = time.time() + 600
-    while time.time() < deadline and not (run / "last" / "trainer.json").exists():
+    while time.time() < deadline and not committed_steps(run):
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=600)  # a stop lands after the step or compilation under way: slow under load
@@ -201,7 +202,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_consistently(tmp_path, synth):
                        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "16 train / 4 val images" in r.stderr
-    info = json.loads((run / "last" / "trainer.json").read_text())
+    info = resume_info(run)
     best = yolojax.load(run / "best")
     assert info["epoch"] == 30 and best.meta["best_fitness"] == info["best_fitness"]
     assert not [p for p in run.iterdir() if p.name.startswith(".")]

@@ -19,6 +19,7 @@ from yolojax.checkpoint import CheckpointCorruptError
 from yolojax.errors import OutputExistsError
 from yolojax.model import tiny_spec
 from yolojax.model.ultralytics import MalformedCheckpointError, read_pt, state_dict_from_pt
+from yolojax.train.checkpoints import resume_info
 from tests.conftest import REFERENCE, REPO
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
@@ -316,7 +317,7 @@ def _trainer(tmp_path, data, epochs):
 
 
 def _consistent(run: Path) -> dict:
-    info = json.loads((run / "last" / "trainer.json").read_text())
+    info = resume_info(run)
     best = yolojax.load(run / "best")
     last = yolojax.load(run / "last")
     assert best.meta["best_fitness"] == info["best_fitness"]
@@ -329,20 +330,20 @@ def test_kill_between_best_and_last_then_resume(tmp_path):
     from yolojax.data.synth import make_synthetic
     data = make_synthetic(tmp_path / "data", images=10, imgsz=64, seed=3, progress=False)
     t = _trainer(tmp_path, data, 3)
-    save = t.save
+    save_state = t.save_state
 
-    def killing_save(which="last", **kw):
-        if which == "last" and (kw.get("position") or {}).get("epoch") == 2:
-            raise _Killed  # kill -9 after best/ of epoch 2 is written, before last/
-        return save(which, **kw)
+    def killing_save_state(**kw):
+        if t.epoch == 2:
+            raise _Killed  # kill -9 after best/ (and last/) of epoch 2 are written, before its checkpoint
+        return save_state(**kw)
 
-    t.save = killing_save
+    t.save_state = killing_save_state
     with pytest.raises(_Killed):
         t.fit()
     t.close()
     run = tmp_path / "run"
     assert json.loads((run / "best" / "meta.json").read_text())["epoch"] == 2
-    assert json.loads((run / "last" / "trainer.json").read_text())["epoch"] == 1
+    assert resume_info(run)["epoch"] == 1
 
     t = _trainer(tmp_path, data, 3)
     t.restore()

@@ -19,7 +19,8 @@ from yolojax.model import init_variables, tiny_spec
 from yolojax.train.config import TrainConfig
 from yolojax.train.optim import build_optimizer, make_schedules, param_labels
 from yolojax.train.step import create_state, make_train_step
-from tests.conftest import REPO
+from yolojax.train.checkpoints import resume_info
+from tests.conftest import REPO, committed_steps
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
@@ -167,14 +168,11 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, synth):
     p = subprocess.Popen(_train_cmd(synth, run, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env=ENV, cwd=REPO)
     deadline = time.time() + 600
-    while time.time() < deadline:
-        info = run / "last" / "trainer.json"
-        if info.exists() and json.loads(info.read_text())["loader"]["batch"] >= 3:
-            break
+    while time.time() < deadline and max(committed_steps(run), default=0) < 3:
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    killed_at = json.loads((run / "last" / "trainer.json").read_text())["loader"]
+    killed_at = resume_info(run)["loader"]
     assert (killed_at["epoch"], killed_at["batch"]) < (2, 0)
     r = subprocess.run(_train_cmd(synth, run, *args, "--resume"), capture_output=True, text=True, env=ENV,
                        cwd=REPO, timeout=900)
@@ -184,6 +182,8 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, synth):
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-5), (k, a[k], b[k])
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    assert all(p.name.isdigit() for p in (run / "checkpoints").iterdir())  # Orbax's neither
+    assert committed_steps(run) == [6, 8]  # max_to_keep 2: the last mid-epoch save and the end
 
 
 def test_divergence_stops_with_clear_message(tmp_path, synth):
@@ -275,6 +275,8 @@ def test_step_loop_makes_no_implicit_transfer_and_fetches_metrics_in_batches(tmp
     assert np.isfinite(logs["loss"])
     rows = (tmp_path / "run" / "steps.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 8))
+    # batches were prefetched to the device ahead of the step; the loader is put back where training stopped
+    assert t.position()["batch"] == 7 and t.train_loader.state()["batch"] == 7
 
 
 def test_detector_and_validation_place_weights_on_device_once(synth):

@@ -167,9 +167,12 @@ def _train_stage(d: Path, cfg, train, val, model, *, extra_tx=None, hooks=(), no
     """Run (or resume) a training stage in directory d; returns the stage's best Detector. `note` (one line, kept
     in args.json) says where the weights came from; `meta` goes into the checkpoints (e.g. the data)."""
     from .api import load
+    from .train.checkpoints import resume_info, resume_model
     from .train.trainer import Trainer, resolve_model
-    resume = (d / "last" / "trainer.json").exists()
-    spec, variables, why = resolve_model(model if not resume else d / "last", train.nc, train.names, cfg.seed)
+    info = resume_info(d)
+    resume = info is not None
+    spec, variables, why = resolve_model(resume_model(d, info) if resume else model, train.nc, train.names,
+                                         cfg.seed)
     trainer = Trainer(cfg, d, train, val, spec, variables, extra_tx=extra_tx, epoch_hooks=tuple(hooks),
                       progress=progress, note=note or why, meta=dict(meta or {}))
     if resume:
@@ -273,8 +276,9 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
                                      note=f"fine-tuning of the pruned model ({rundir / 'pruned'}: {pruned.summary()})")
         else:
             from distill.train import distill_finetune
+            from .train.checkpoints import resume_info
             distill_finetune(teacher, pruned, train, val, cfg, method=cc.distill, rundir=d, progress=cc.progress,
-                             resume=(d / "last" / "trainer.json").exists(), meta=run_meta,
+                             resume=resume_info(d) is not None, meta=run_meta,
                              note=f"fine-tuning of the pruned model ({rundir / 'pruned'}: {pruned.summary()}) with "
                                   f"{cc.distill} distillation from the teacher ({teacher_src})")
             finetuned = load(d / "best" if (d / "best").exists() else d / "last")

@@ -76,7 +76,11 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int = 100) -> None:
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d['seed']})")
     p.add_argument("--val-every", dest="val_every", type=int, default=None, help=f"validate every N epochs (default {d['val_every']})")
     p.add_argument("--save-every-steps", dest="save_every_steps", type=int, default=None,
-                   help=f"also save last/ every N steps (default {d['save_every_steps']}: at epoch ends only)")
+                   help=f"also checkpoint the training state every N steps, asynchronously (default "
+                        f"{d['save_every_steps']}: at epoch ends only)")
+    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=None,
+                   help=f"training-state checkpoints kept in RUN/checkpoints, newest first (default "
+                        f"{d['keep_checkpoints']})")
     p.add_argument("--sparsity", type=float, default=None,
                    help=f"L1 rate on BN gammas (network slimming), e.g. 1e-4 (default {d['sparsity']:g}: off)")
     p.add_argument("--sparsity-mode", dest="sparsity_mode", choices=["prox", "grad"], default=None,
@@ -108,7 +112,8 @@ def check_args(args) -> None:
     """Refuse impossible values before any work (one line each, not a ZeroDivisionError or OpenCV assertion)."""
     from ..errors import UserError
     rules = {"epochs": (1, None), "batch": (1, None), "imgsz": (32, 32), "nbs": (1, None), "workers": (0, None),
-             "val_every": (1, None), "save_every_steps": (0, None), "close_mosaic": (0, None),
+             "val_every": (1, None), "save_every_steps": (0, None), "keep_checkpoints": (1, None),
+             "close_mosaic": (0, None),
              "max_det": (1, None)}
     for name, (low, multiple) in rules.items():
         v = getattr(args, name, None)
@@ -132,7 +137,7 @@ def _check_rundir(rundir: Path, exist_ok: bool) -> None:
     """A new run must not mix with, or overwrite, a previous run's checkpoints and logs."""
     from ..checkpoint import is_model_dir
     from ..errors import OutputExistsError
-    old = [n for n in ("last", "best", "args.json", "steps.csv") if (rundir / n).exists()]
+    old = [n for n in ("last", "best", "checkpoints", "args.json", "steps.csv") if (rundir / n).exists()]
     if not old:
         return
     if not exist_ok:
@@ -143,17 +148,19 @@ def _check_rundir(rundir: Path, exist_ok: bool) -> None:
         if d.exists() and not is_model_dir(d):
             raise OutputExistsError(f"{d} exists and is not a yolojax checkpoint: refusing to replace it")
     import shutil
-    for n in ("last", "best"):
+    for n in ("last", "best", "checkpoints"):
         if (rundir / n).exists():
             shutil.rmtree(rundir / n)
     (rundir / "steps.csv").unlink(missing_ok=True)
 
 
-def _recorded_data(rundir: Path) -> str | None:
+def _recorded_data(rundir: Path, info: dict | None = None) -> str | None:
     """The dataset a run trained on: args.json gets it only when a run finishes, so an interrupted run's comes
-    from last/meta.json (None: the built-in synthetic set)."""
+    from its checkpoint's metadata or last/meta.json (None: the built-in synthetic set)."""
     args_file, meta_file = rundir / "args.json", rundir / "last" / "meta.json"
     data = json.loads(args_file.read_text()).get("data") if args_file.exists() else None
+    if data is None and info is not None:
+        data = info.get("meta", {}).get("data")
     if data is None and meta_file.exists():
         data = json.loads(meta_file.read_text()).get("data")
     return None if data in (None, "builtin-synthetic") else data
@@ -224,13 +231,16 @@ def cmd_train(args) -> int:
     from ..errors import UserError
     from .trainer import Trainer, resolve_model
     rundir = Path(args.output)
+    saved = None
     if args.resume:
-        if not (rundir / "last" / "trainer.json").exists():
-            raise UserError(f"{rundir}: nothing to resume (no last/trainer.json); was a run started there?")
-        saved = json.loads((rundir / "last" / "trainer.json").read_text())
+        from .checkpoints import resume_info
+        saved = resume_info(rundir)
+        if saved is None:
+            raise UserError(f"{rundir}: nothing to resume (no committed checkpoint in {rundir / 'checkpoints'}); "
+                            f"was a run started there?")
         from .config import TrainConfig
         cfg = TrainConfig(**saved["config"])
-        args.data = args.data or _recorded_data(rundir)
+        args.data = args.data or _recorded_data(rundir, saved)
     else:
         from .distributed import is_primary
         if is_primary():  # the other hosts would see the primary's fresh files as a previous run
@@ -244,7 +254,10 @@ def cmd_train(args) -> int:
             print(f"--optimizer auto chose {name} (lr0={auto_lr0}, momentum={momentum}); using {name} with the "
                   f"given --lr0 {cfg.lr0}", file=sys.stderr)
             cfg = dataclasses.replace(cfg, optimizer=name, momentum=momentum)
-    model = str(rundir / "last") if args.resume else args.model
+    model = args.model
+    if saved is not None:  # the checkpoint's spec (older runs: last/'s); its weights come with the state
+        from .checkpoints import resume_model
+        model = resume_model(rundir, saved)
     spec, variables, note = resolve_model(model, train.nc, train.names, cfg.seed)
     updates_total = cfg.epochs * (len(train) // cfg.batch) // cfg.accumulate()
     extra_tx, hook = sparsity_pieces(cfg, max(updates_total, 1), variables["params"])
@@ -260,7 +273,8 @@ def cmd_train(args) -> int:
         logs = trainer.fit()
     except KeyboardInterrupt:
         trainer.close()
-        resumable = (rundir / "last" / "trainer.json").exists()
+        from .checkpoints import resume_info
+        resumable = resume_info(rundir) is not None
         print(f"stopped; resume with --resume (yolojax train --resume -o {rundir})" if resumable else
               "stopped before the first checkpoint: nothing to resume", file=sys.stderr)
         return 130

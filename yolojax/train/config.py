@@ -33,7 +33,8 @@ class TrainConfig:
     workers: int = 4
     dtype: str = "float32"        # compute dtype: float32 | bfloat16 (GPU/TPU)
     val_every: int = 1            # validate every N epochs (and always after the last)
-    save_every_steps: int = 0     # also checkpoint `last` every N optimizer micro-steps (0: per epoch only)
+    save_every_steps: int = 0     # also checkpoint the training state every N micro-steps (0: per epoch only)
+    keep_checkpoints: int = 2     # training-state checkpoints kept in RUNDIR/checkpoints (the newest)
     max_boxes: int | None = None
     # sparsity training (network slimming): L1 on BN gammas
     sparsity: float = 0.0

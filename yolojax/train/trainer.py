@@ -1,14 +1,17 @@
 """The training loop: the one place with side effects (data, devices, checkpoints, logs, progress).
 
 RUNDIR layout:
-    last/   model checkpoint (EMA weights, spec) + train_state/ (full TrainState) + trainer.json (position)
+    checkpoints/<step>/  the full training state for --resume (Orbax CheckpointManager, async; see checkpoints.py)
+    last/   model checkpoint of the last epoch (EMA weights, spec): what val/predict/export/prune read
     best/   model checkpoint of the best validation fitness
-    results.csv, results.json, tb/ (TensorBoard), args.json
+    results.csv, results.json, steps.csv, tb/ (TensorBoard), args.json
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -31,6 +34,7 @@ from ..loss import LossConfig
 from ..model.arch import is_model_name
 from ..model.spec import Spec, yolov8_spec
 from ..model.yolov8 import init_variables
+from .checkpoints import LEGACY_STATE_DIR, LEGACY_TRAINER_FILE, TrainCheckpoints
 from .config import TrainConfig
 from .distributed import data_mesh, device_batch, is_primary, shardings
 from .optim import build_optimizer, ema_decay_fn
@@ -38,7 +42,6 @@ from .step import TrainState, create_state, make_predict, make_train_step
 from .validate import run_validation, val_loader
 
 log = logging.getLogger("yolojax.train")
-TRAIN_STATE_DIR, TRAINER_FILE = "train_state", "trainer.json"
 
 
 class TrainingDiverged(RuntimeFailure, RuntimeError):
@@ -64,7 +67,8 @@ class DivergenceGuard:
 
     @staticmethod
     def norm(params) -> float:
-        return math.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(params)))
+        """Global norm, computed where the arrays are (device arrays are not fetched: one number comes back)."""
+        return float(_global_norm(params))
 
     def loss(self, loss: float) -> str | None:
         """Why the run has diverged after a step with this loss (None: it has not)."""
@@ -85,6 +89,36 @@ class DivergenceGuard:
             return (f"the weights exploded: global norm {norm:.4g}, {norm / max(self.ref_norm, 1e-12):.3g}x the "
                     f"{self.ref_norm:.4g} the run started from")
         return None
+
+
+@jax.jit
+def _global_norm(tree) -> jax.Array:
+    """sqrt(sum of squares) of every leaf, scaled by the largest magnitude so that weights of 1e25 give a finite
+    norm in float32 (only inf/NaN weights give a non-finite one)."""
+    leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    top = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in leaves]))
+    scale = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
+    return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
+
+
+def prefetch_to_device(items, put: Callable, size: int = 2):
+    """Yield put(item) for each item of `items`, keeping `size` of them put ahead (double-buffering when the
+    puts are asynchronous device transfers). The generator's close() stops the underlying iterator."""
+    it = iter(items)
+    queue: collections.deque = collections.deque()
+    try:
+        for item in itertools.islice(it, size):
+            queue.append(put(item))
+        while queue:
+            yield queue.popleft()
+            for item in itertools.islice(it, 1):
+                queue.append(put(item))
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def transfer_weights(spec: Spec, variables: dict, source: dict) -> tuple[dict, int, int]:
@@ -189,9 +223,11 @@ class Trainer:
         self.teacher = jax.device_put(self.teacher, self.replicated) if self.teacher is not None else None
         self.epoch, self.best_fitness, self.history = 0, -1.0, []
         self._writer = None
+        self._position: dict | None = None  # loader position after the last batch the loop consumed
         if is_primary():
             for which in ("last", "best"):
                 ckpt.recover_dir(self.rundir / which)
+        self.checkpoints = TrainCheckpoints(self.rundir, cfg.keep_checkpoints)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _meta(self, **extra) -> dict:
@@ -199,47 +235,68 @@ class Trainer:
                 "best_fitness": self.best_fitness, "train_config": dataclasses.asdict(self.cfg),
                 "ema": self.cfg.ema, **self.meta, **extra}
 
-    def save(self, which: str = "last", *, position: dict | None = None, metrics: dict | None = None) -> Path:
-        """Atomically write RUNDIR/which (EMA weights as the model; `last` adds the full training state)."""
+    def position(self) -> dict:
+        """The loader position after the last batch trained on (the loader itself runs ahead: batches are
+        prefetched to the device)."""
+        return dict(self._position or self.train_loader.state())
+
+    def _check_weights(self, what: str) -> None:
+        guard = getattr(self, "_guard", None)
+        why = guard.weights(self.state.params, self.state.ema_params) if guard is not None else None
+        if why:  # keep the last sane checkpoint rather than replace it with exploded weights
+            raise self._diverged(f"training diverged before saving {what}: {why}")
+
+    def save_state(self, *, position: dict | None = None) -> int:
+        """Checkpoint the whole training state as RUNDIR/checkpoints/<step> (asynchronous: returns once the
+        arrays are off the device; every process calls it). Returns the step."""
+        pos = dict(position or self.position())
+        step = int(pos["epoch"]) * self.steps_per_epoch + int(pos["batch"])
+        self._check_weights(f"checkpoint {step}")
+        info = {"epoch": self.epoch, "best_fitness": self.best_fitness, "history": self.history, "loader": pos,
+                "config": dataclasses.asdict(self.cfg), "spec": self.spec.to_dict(), "meta": self._meta()}
+        self.checkpoints.save(step, self.state, json.loads(json.dumps(info, default=float)))
+        return step
+
+    def save(self, which: str = "last", *, metrics: dict | None = None) -> Path:
+        """Atomically write the model checkpoint RUNDIR/which (EMA weights + spec; what val/predict/export
+        read). Synchronous, primary process only: it is the EMA copy of the weights, written at epoch ends."""
         if not is_primary():
             return self.rundir / which
-        state = jax.device_get(self.state)
-        guard = getattr(self, "_guard", None)
-        why = guard.weights(state.params, state.ema_params) if guard is not None else None
-        if why:  # keep the last sane checkpoint rather than replace it with exploded weights
-            raise self._diverged(f"training diverged before saving {which}/: {why}")
-        meta = self._meta(metrics=metrics or {})
-        with ckpt.atomic_dir(self.rundir / which) as tmp:
-            ckpt.write_model_files(tmp, self.spec, state.ema_variables(), meta)
-            if which == "last":
-                ckpt.save_pytree(tmp / TRAIN_STATE_DIR, state)
-                (tmp / TRAINER_FILE).write_text(json.dumps({
-                    "epoch": self.epoch, "best_fitness": self.best_fitness, "history": self.history,
-                    "loader": position or self.train_loader.state(), "config": dataclasses.asdict(self.cfg)},
-                    indent=1, default=float))
+        self._check_weights(f"{which}/")
+        ckpt.save_model(self.rundir / which, self.spec, jax.device_get(self.state.ema_variables()),
+                        self._meta(metrics=metrics or {}))
         return self.rundir / which
 
     def restore(self, directory: Path | None = None) -> None:
-        """Continue exactly from RUNDIR/last (state, epoch, loader position, best fitness)."""
-        d = Path(directory or self.rundir / "last")
-        if not (d / TRAINER_FILE).exists():
-            raise FileNotFoundError(f"{d}: nothing to resume (no {TRAINER_FILE}); was the run started?")
-        info = json.loads((d / TRAINER_FILE).read_text())
-        template = jax.device_get(self.state)
-        restored = ckpt.restore_pytree(d / TRAIN_STATE_DIR, template)
-        self.state = jax.device_put(restored, self.replicated)
+        """Continue exactly from the latest committed checkpoint in RUNDIR/checkpoints (state, epoch, loader
+        position, best fitness), or from an older run's RUNDIR/last/train_state."""
+        step = self.checkpoints.latest() if directory is None else None
+        if step is not None:
+            state, info = self.checkpoints.restore(step, self.state)
+            self.state = state
+            where = self.checkpoints.directory / str(step)
+        else:
+            d = Path(directory or self.rundir / "last")
+            if not (d / LEGACY_TRAINER_FILE).exists():
+                raise FileNotFoundError(f"{self.rundir}: nothing to resume (no committed checkpoint in "
+                                        f"{self.checkpoints.directory}); was the run started?")
+            info = json.loads((d / LEGACY_TRAINER_FILE).read_text())
+            restored = ckpt.restore_pytree(d / LEGACY_STATE_DIR, jax.device_get(self.state))
+            self.state = jax.device_put(restored, self.replicated)
+            where = d
         self.epoch, self.best_fitness = int(info["epoch"]), float(info["best_fitness"])
         self.history = info.get("history", [])
         self.train_loader.restore(info["loader"])
+        self._position = dict(info["loader"])
         self._reconcile_best(info)
-        log.info("resumed from %s at epoch %d batch %d", d, info["loader"]["epoch"], info["loader"]["batch"])
+        log.info("resumed from %s at epoch %d batch %d", where, info["loader"]["epoch"], info["loader"]["batch"])
 
     def _reconcile_best(self, info: dict) -> None:
-        """Make best/ agree with the best fitness trainer.json records. `fit` saves best/ before last/, so a kill
-        between the two only makes the resumed run redo that epoch; a run killed between them by an older
-        version, or a deleted best/, leaves a recorded fitness with no (or stale) weights behind it, which later
-        epochs would never beat. Rewrite best/ from last/ when last/ holds that epoch's weights, else lower the
-        recorded best to what best/ holds, so the next improvement writes it."""
+        """Make best/ agree with the best fitness the checkpoint records. `fit` saves best/ before the epoch's
+        checkpoint, so a kill between the two only makes the resumed run redo that epoch; a run killed between
+        them by an older version, or a deleted best/, leaves a recorded fitness with no (or stale) weights behind
+        it, which later epochs would never beat. Rewrite best/ from the resumed state when it holds that epoch's
+        weights, else lower the recorded best to what best/ holds, so the next improvement writes it."""
         if not is_primary() or self.best_fitness < 0:
             return
         best = self.rundir / "best"
@@ -253,20 +310,21 @@ class Trainer:
         at_best = (info["loader"]["batch"] == 0 and row.get("epoch") == self.epoch and
                    row.get("val/fitness") is not None and abs(row["val/fitness"] - self.best_fitness) <= 1e-6)
         if at_best:
-            log.warning("%s: missing or stale; rewriting it from last/ (epoch %d)", best, self.epoch)
+            log.warning("%s: missing or stale; rewriting it from the checkpoint (epoch %d)", best, self.epoch)
             self.save("best", metrics={k: v for k, v in row.items() if k != "epoch"})
         else:
-            log.warning("%s: missing or stale and last/ is not the best epoch; best/ will be the best of the epochs "
-                        "from now on", best)
+            log.warning("%s: missing or stale and the checkpoint is not the best epoch; best/ will be the best of "
+                        "the epochs from now on", best)
             self.best_fitness = float(saved) if saved is not None else -1.0
 
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error for a diverged run, saying which checkpoint is the last good one (if any)."""
-        info = self.rundir / "last" / TRAINER_FILE
-        if info.exists():
-            pos = json.loads(info.read_text())["loader"]
-            kept = (f"the last good checkpoint, {self.rundir / 'last'} (after {pos['epoch']} epochs + {pos['batch']} "
-                    f"batches), is intact")
+        self.checkpoints.wait()  # a save of good weights may still be in flight: it is the last good one
+        step = self.checkpoints.latest()
+        if step is not None:
+            pos = self.checkpoints.info(step)["loader"]
+            kept = (f"the last good checkpoint, {self.checkpoints.directory / str(step)} (after {pos['epoch']} "
+                    f"epochs + {pos['batch']} batches), is intact")
         else:
             kept = f"there is no last good checkpoint: none was saved in {self.rundir} before this"
         return TrainingDiverged(f"{what}. {kept[0].upper()}{kept[1:]}. Lower the learning rate, check the data "
@@ -310,6 +368,9 @@ class Trainer:
     # non-finite step is never applied (the jitted step keeps the old state); it is reported at the next fetch,
     # before anything is saved, so the last checkpoint on disk is always a good one.
     LOG_EVERY = 10
+    # Batches are put on the device this many steps ahead (device_put is asynchronous): the host assembles and
+    # transfers the next batches while the device runs the current step.
+    PREFETCH = 2
 
     def train_epoch(self, stop_after: int | None = None) -> dict:
         """Run the rest of the current epoch. stop_after: stop after that many steps (tests, kill simulation)."""
@@ -322,7 +383,7 @@ class Trainer:
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
         t0 = time.time()
         if getattr(self, "_guard", None) is None:
-            self._guard = DivergenceGuard(jax.device_get(self.state.params))
+            self._guard = DivergenceGuard(self.state.params)
         pending: list[tuple[int, int, Any]] = []  # (global step, batch index in the epoch, device metrics)
 
         def flush() -> None:
@@ -366,14 +427,17 @@ class Trainer:
             pending.clear()
 
         dispatched = 0
-        for batch in loader:
+        batches = prefetch_to_device(loader, lambda b: (device_batch(b, self.data_sharding), loader.state()),
+                                     self.PREFETCH)
+        for batch, position in batches:
             compiling = not getattr(self, "_step_ready", False)
             if compiling:  # XLA compiles the step on its first call: minutes of silence would look like a hang
                 tqdm.write("compiling the training step (once per process; `yolojax` caches it on disk, so a "
                            "rerun with the same model and shapes starts faster) ...", file=sys.stderr)
                 t_compile = time.time()
-            self.state, metrics = self._step(self.state, device_batch(batch, self.data_sharding), self.teacher)
-            bidx = loader.state()["batch"]
+            self.state, metrics = self._step(self.state, batch, self.teacher)
+            self._position = position
+            bidx = position["batch"]
             gstep = int(self.epoch * self.steps_per_epoch + bidx)
             pending.append((gstep, bidx, metrics))
             dispatched += 1
@@ -388,8 +452,10 @@ class Trainer:
             if save or stop or len(pending) >= self.LOG_EVERY:
                 flush()
             if save:
-                self.save("last")
+                self.save_state()
             if stop:
+                batches.close()  # stops the loader, which has run ahead of the last batch trained on
+                loader.restore(self.position())
                 break
         flush()
         bar.close()
@@ -412,7 +478,8 @@ class Trainer:
         while self.epoch < cfg.epochs:
             logs = self.train_epoch(stop_after=stop_after_steps)
             if stop_after_steps is not None and self.train_loader.state()["batch"] not in (0,):
-                self.save("last")
+                self.save_state()
+                self.checkpoints.wait()
                 return logs
             done = self.epoch + 1
             if done % cfg.val_every == 0 or done == cfg.epochs:
@@ -433,21 +500,25 @@ class Trainer:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.scalar(k if "/" in k else f"train/{k}", v, done)
             self._write_results()
-            # best/ first: a kill between the two saves then only makes the resumed run redo this epoch, which
+            # best/ first: a kill between the saves then only makes the resumed run redo this epoch, which
             # rewrites best/; the other order would record a best fitness whose weights were never written
             if improved or (fitness is None and done == cfg.epochs):
                 self.save("best", metrics=logs)
-            self.save("last", position={"epoch": done, "batch": 0, "seed": cfg.seed, "mosaic": None},
-                      metrics=logs)
+            self.save("last", metrics=logs)
+            self._position = {"epoch": done, "batch": 0, "seed": cfg.seed, "mosaic": None}
+            self.save_state()
             if self.progress and "val/map50" in logs:
                 tqdm.write(f"epoch {done}/{cfg.epochs}: loss {logs.get('loss', float('nan')):.3f} "
                            f"mAP50 {logs['val/map50']:.4f} mAP50-95 {logs['val/map50_95']:.4f}")
+        self.checkpoints.wait()
         if self._writer is not None:
             self._writer.flush()
         self.close()
         return logs
 
     def close(self) -> None:
+        """Wait for checkpoints being written (so the last one commits), stop the loaders."""
+        self.checkpoints.wait()
         for loader in (self.train_loader, self.val_loader):
             if loader is not None:
                 loader.close()
