@@ -278,8 +278,12 @@ def cmd_train(args) -> int:
         print(f"stopped; resume with --resume (yolojax train --resume -o {rundir})" if resumable else
               "stopped before the first checkpoint: nothing to resume", file=sys.stderr)
         return 130
-    (rundir / "args.json").write_text(json.dumps({**json.loads((rundir / "args.json").read_text()),
-                                                  "data": str(args.data) if args.data else None}, indent=1))
+    from .distributed import is_primary
+    if is_primary():  # only the primary writes args.json; the others would read it half-written
+        args_file, tmp = rundir / "args.json", rundir / ".args.json.tmp"
+        tmp.write_text(json.dumps({**json.loads(args_file.read_text()),
+                                   "data": str(args.data) if args.data else None}, indent=1))
+        tmp.replace(args_file)
     print(json.dumps({k: v for k, v in logs.items() if k.startswith("val/")}))
     return 0
 
