@@ -33,15 +33,11 @@ log = logging.getLogger("yolojax.train")
 
 
 def _words(x: jax.Array) -> jax.Array:
-    """The array's bytes as uint32 words (one word per element for 1-, 2- and 4-byte types)."""
+    """The array's bytes as uint32 words (one word per element for 1-, 2- and 4-byte types, two for 8-byte)."""
     size = jnp.dtype(x.dtype).itemsize
-    if size == 4:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    if size == 2:
-        return jax.lax.bitcast_convert_type(x, jnp.uint16).reshape(-1).astype(jnp.uint32)
-    if size == 1:
-        return jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(-1).astype(jnp.uint32)
-    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)  # 8 bytes: two words per element
+    if size < 4:
+        return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[size]).reshape(-1).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
 
 
 @jax.jit

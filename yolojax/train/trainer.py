@@ -510,10 +510,9 @@ class Trainer:
             if self.progress and "val/map50" in logs:
                 tqdm.write(f"epoch {done}/{cfg.epochs}: loss {logs.get('loss', float('nan')):.3f} "
                            f"mAP50 {logs['val/map50']:.4f} mAP50-95 {logs['val/map50_95']:.4f}")
-        self.checkpoints.wait()
         if self._writer is not None:
             self._writer.flush()
-        self.close()
+        self.close()  # waits for the last checkpoint to commit
         return logs
 
     def close(self) -> None:
