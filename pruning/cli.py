@@ -201,6 +201,9 @@ def format_latency(lat: dict) -> str:
         lines.append(f"  measured  {lat['measured_ms_before']:>9.2f} -> {lat['measured_ms_after']:>9.2f} ms  "
                      f"(median of {lat['measured_runs']} interleaved runs; p10-p90 after "
                      f"{lat['measured_p10_p90_after'][0]:.2f}-{lat['measured_p10_p90_after'][1]:.2f})")
+    for h in lat.get("refine", []) if len(lat.get("refine", [])) > 1 else []:
+        lines.append(f"  plan {h['round']}: planned for {h['target_ms_used']:.2f} ms, predicted {h['predicted_ms']:.2f}, "
+                     f"measured {h['measured_ms']:.2f} ms{'  <- kept' if h['chosen'] else ''}")
     return "\n".join(lines)
 
 
@@ -219,19 +222,54 @@ def cmd_prune(args) -> int:
     latency = args.target_ms is not None
     if latency:
         _check_latency_args(args)
-    policy = make_policy(args)
-    print(f"prune: {policy_words(policy)}", file=sys.stderr)
+    importance = args.importance or ("taylor" if latency and args.data else "bn")
+    if importance == "taylor" and not args.data:
+        from yolojax.errors import UserError
+        raise UserError("--importance taylor needs --data (the training set's dataset YAML): the importance is "
+                        "measured on its images")
+    args.importance = "bn" if importance == "taylor" else importance
+    policy = make_policy(args)  # the options' errors before anything is loaded
+    if latency and importance == "bn":
+        print("prune: warning: --target-ms ranks channels by importance per ms saved, and |gamma| is not comparable "
+              "across layers (the high-resolution layers cost the most ms and go first, whatever they carry): "
+              "pass --data DATA.yaml for Taylor importance", file=sys.stderr)
     det = load(args.checkpoint)
+    if importance == "taylor":
+        from yolojax.data import load_dataset
+
+        from .sparsity import TaylorScores, taylor_importance
+        train = load_dataset(args.data, "train")
+        if train.nc != det.spec.nc:
+            from yolojax.errors import UserError
+            raise UserError(f"--data {args.data} has {train.nc} classes, {args.checkpoint} has nc={det.spec.nc}: "
+                            f"pass the data the model was trained on")
+        print(f"prune: Taylor importance of every channel on {args.data} (8 training batches)", file=sys.stderr)
+        args.importance = TaylorScores(taylor_importance(det.spec, det.variables, train, args.imgsz))
+        policy = make_policy(args)
+    print(f"prune: {policy_words(policy)}", file=sys.stderr)
     if latency:  # measure (or read from the cache) the table before pruning: its progress on stderr
         from .latency import latency_model
         model = latency_model(det.spec, backend=args.backend, imgsz=args.imgsz, batch=args.batch,
                               threads=args.threads, table=args.latency_table, reps=args.table_reps,
                               variables=det.variables, log=lambda m: print(m, file=sys.stderr))
         object.__setattr__(policy, "model", model)
-    new_spec, new_vars = prune(det.spec, det.variables, policy)
+    refine = None
+    if latency and args.measure_runs > 0 and args.refine > 0:
+        from .latency import measure_ms, plan_measured
+        from .prune import apply_masks
+        th = policy.model.table.settings["threads"]
+        masks, refine = plan_measured(
+            det.spec, det.variables, policy,
+            lambda s, v: measure_ms(s, v, args.backend, args.imgsz, args.batch, th, reps=args.measure_runs),
+            rounds=args.refine, log=lambda m: print(f"prune: {m}", file=sys.stderr))
+        new_spec, new_vars = apply_masks(det.spec, det.variables, masks)
+    else:
+        new_spec, new_vars = prune(det.spec, det.variables, policy)
     report = prune_report(det.spec, new_spec, args.imgsz)
     if latency:
         report["latency"] = latency_report(det, new_spec, new_vars, policy.model, args)
+        if refine is not None:
+            report["latency"]["refine"] = refine
     if args.ratio and not (args.target_flops or args.target_params):
         got = 1.0 - report["channels_after"] / max(report["channels_before"], 1)
         if got < args.ratio - 0.01:
@@ -281,7 +319,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="global ranking, per (part, scale, kind) class, or the same share per layer")
     p.add_argument("--rule", action="append", metavar="SEL=V", help="group/layer: ratio or threshold per selector")
     p.add_argument("--skip", action="append", metavar="SEL", help="never prune these groups (e.g. head)")
-    p.add_argument("--importance", choices=("bn", "l1", "l2"), default="bn", help="|gamma| or kernel norm")
+    p.add_argument("--importance", choices=("bn", "l1", "l2", "taylor"), default=None,
+                   help="|gamma| (bn), kernel norm (l1/l2), or first-order Taylor (loss change; needs --data). "
+                        "Default: taylor with --target-ms and --data, else bn")
+    p.add_argument("--data", default=None, help="dataset YAML whose training images measure Taylor importance")
     p.add_argument("--reduce", choices=("sum", "mean", "max"), default="sum", help="over coupled layers")
     p.add_argument("--round-to", type=int, default=8, help="kept channels round up to a multiple of this")
     p.add_argument("--min-channels", type=int, default=8, help="never keep fewer per group")
@@ -299,6 +340,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--table-reps", type=int, default=15, help="timed repeats per point when measuring the table")
     lat.add_argument("--measure-runs", type=int, default=30,
                      help="interleaved end-to-end runs to measure latency before/after (0: predicted only)")
+    lat.add_argument("--refine", type=int, default=2,
+                     help="times to re-plan when the measured latency misses the target by more than 5%% (the "
+                          "table's error at that width taken out; needs --measure-runs > 0; 0: the table's plan)")
     lat.add_argument("--prune-below", type=float, default=None,
                      help="remove channels whose BN |gamma| is below this first (what a sparse stage zeroed)")
     p.set_defaults(func=cmd_prune)

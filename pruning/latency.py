@@ -554,3 +554,56 @@ def plan_latency_counts(model: LatencyModel, groups, scores: Mapping[str, np.nda
     if current > target:  # a table that is not monotonic somewhere: fall back to the floor, which fits
         counts = floor
     return counts
+
+
+# -- closing the loop on the measurement -------------------------------------------------------------------
+def measure_ms(spec: Spec, variables, backend: str, imgsz: int, batch: int, threads: int, reps: int = 20) -> float:
+    """Median end-to-end latency (ms) of one model on `backend` (`reps` timed runs after 3 warm-up runs)."""
+    with tempfile.TemporaryDirectory(prefix="yolojax-measure-") as work:
+        fn = end_to_end_runner(spec, variables, backend, imgsz, batch, threads, work)
+        (t,) = time_interleaved([fn], reps, warmup=3)
+    return float(np.median(t))
+
+
+def plan_measured(spec: Spec, variables, policy, measure: Callable[[Spec, dict], float], *, rounds: int = 2,
+                  tol: float = 0.05, log: Callable[[str], None] | None = None) -> tuple[dict, list[dict]]:
+    """Keep-masks for a LatencyTarget, the table's prediction corrected by measurement.
+
+    The table predicts a pruned model's latency to ~10-20% (what it cannot see: memory traffic between ops,
+    kernel choices of one width over another); the target is what the deployment measures. So the plan is
+    measured end to end (`measure(spec, variables) -> ms`) and, while it misses the target by more than `tol`
+    (either way: too slow misses the deployment, too fast throws away accuracy), planned again with the target
+    scaled by the miss (`target_used * target / measured`: the table's local error, taken out), up to `rounds`
+    more times. The plan measured closest to the target wins, a plan within the target preferred.
+    Returns (masks, history: one {'target_ms_used', 'predicted_ms', 'measured_ms', 'chosen'} per plan)."""
+    import dataclasses
+
+    from .prune import apply_masks, plan
+    target = float(policy.target_ms)
+    history, plans = [], []
+    used = target
+    for r in range(rounds + 1):
+        p = dataclasses.replace(policy, target_ms=used)
+        masks = plan(spec, variables, p)
+        new_spec, new_vars = apply_masks(spec, variables, masks)
+        object.__setattr__(policy, "model", p.model)  # the table the first plan loaded, kept for the next
+        pred = p.latency_model(spec, variables).predict_spec(new_spec)
+        ms = float(measure(new_spec, new_vars))
+        history.append({"round": r, "target_ms_used": round(used, 4), "predicted_ms": round(pred, 4),
+                        "measured_ms": round(ms, 4)})
+        plans.append(masks)
+        if log:
+            log(f"latency target {target:g} ms: plan {r} (planned for {used:.2f} ms) predicted {pred:.2f} ms, "
+                f"measured {ms:.2f} ms ({ms / target - 1:+.1%})")
+        if abs(ms / target - 1) <= tol:
+            break
+        nxt = used * target / ms
+        if any(abs(nxt / h["target_ms_used"] - 1) < 1e-3 for h in history):
+            break  # the same plan again
+        used = nxt
+    within = [i for i, h in enumerate(history) if h["measured_ms"] <= target * (1 + tol)]
+    pool = within or range(len(history))
+    best = min(pool, key=lambda i: abs(history[i]["measured_ms"] / target - 1))
+    for i, h in enumerate(history):
+        h["chosen"] = i == best
+    return plans[best], history

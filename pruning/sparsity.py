@@ -265,6 +265,33 @@ def taylor_importance(spec, variables, dataset, imgsz: int, *, batches: int = 8,
     return {k: np.sqrt(v / max(n, 1)) for k, v in acc.items()}
 
 
+class TaylorScores:
+    """A pruning importance (the `importance=` callable of a policy) from `taylor_importance`'s per-BN scores:
+    a group's channel scores the sum over its coupled producers (first-order loss changes add).
+
+    Unlike |gamma|, these are comparable across layers: a channel whose output no live head uses has ~0
+    gradient whatever its gamma, and one that feeds the only working head scores high. That is what a
+    ranking by importance *per millisecond* needs (the high-resolution layers cost the most milliseconds per
+    channel; with |gamma| they are cut first, whatever they carry)."""
+
+    __name__ = "taylor"
+
+    def __init__(self, per_bn: dict[str, np.ndarray]):
+        self.per_bn = {k: np.asarray(v, np.float64) for k, v in per_bn.items()}
+
+    def __call__(self, spec, variables, group) -> np.ndarray:
+        per = []
+        for pr in group.producers:
+            key = f"{pr.path}/bn/scale"
+            if key not in self.per_bn:
+                raise KeyError(f"no Taylor importance for {key}: scores of another model?")
+            per.append(self.per_bn[key][pr.start:pr.start + group.size])
+        return np.sum(per, 0)
+
+    def __repr__(self) -> str:
+        return "taylor"
+
+
 def adaptive_weights(importance: dict[str, np.ndarray], power: float = 2.0, bounds=(1e-2, 1e2)
                      ) -> dict[str, np.ndarray]:
     """Adaptive-lasso weights (Zou 2006) from channel importances: w = (median / importance) ** power, clipped
