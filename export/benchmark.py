@@ -27,8 +27,24 @@ class Candidate:
     times: list[float] = field(default_factory=list)
 
 
+def cpu_isa() -> str:
+    """The x86 vector instruction sets INT8 speed depends on, from /proc/cpuinfo's flags ('AVX512-VNNI',
+    'AVX-VNNI', 'AVX512', 'AVX2', ...; AMX where present); '' where unknown (not Linux, not x86)."""
+    try:
+        flags = next((set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), set())
+    except OSError:
+        return ""
+    names = [("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
+             ("avx512f", "AVX512"), ("avx2", "AVX2")]
+    have = [name for flag, name in names if flag in flags]
+    if "AVX512-VNNI" in have or "AVX-VNNI" in have:
+        have = [h for h in have if h not in ("AVX512", "AVX2")] + [h for h in have if h in ("AVX512", "AVX2")]
+    return ", ".join(have) + ("" if any("VNNI" in h or "AMX" in h for h in have) or not have else " (no VNNI)")
+
+
 def machine_info() -> dict:
-    """CPU model, cores and library versions of this machine."""
+    """CPU model, vector instruction sets, cores and library versions of this machine."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,7 +53,8 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    info = {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
     try:
         info["affinity_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:

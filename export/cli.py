@@ -88,9 +88,17 @@ def run_export(args) -> int:
         rep = quantize_int8(fp32, onnx_path, det, calib_data=args.calib_data, calib_images=args.calib_images,
                             method=args.calib_method, check_images=check_images, target=args.int8_target,
                             quant_format=args.int8_format, keep_head_float=not args.int8_head,
-                            reduce_range=args.reduce_range)
+                            reduce_range=args.reduce_range, keep_float=args.int8_keep_float,
+                            log=lambda m: print(m, file=sys.stderr))
         print(f"wrote {onnx_path} (INT8 {args.int8_format.upper()} for {args.int8_target}, {args.calib_method} "
               f"calibration on {rep['calib_images']} images; float model {fp32})")
+        if "scan" in rep:
+            sc = rep["scan"]
+            scan_json = onnx_path.with_name(onnx_path.stem + "_scan.json")
+            scan_json.write_text(json.dumps(sc, indent=1))
+            print(f"sensitivity scan on {sc['images']} calibration images: detection damage {sc['damage_int8']:.4f} "
+                  f"all INT8, {sc['damage_chosen']:.4f} with {', '.join(sc['chosen']) or 'no conv'} float "
+                  f"(per conv: {scan_json})")
         print(rep["summary"])
         return 0 if rep["passed"] else 1
     else:
@@ -223,6 +231,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Q/DQ pairs (portable) or ONNX Runtime's QLinear ops (cpu target only)")
     p.add_argument("--int8-head", action="store_true",
                    help="quantize the head's final 1x1 convs too (DFL/decode always stay float)")
+    p.add_argument("--int8-keep-float", default="none", metavar="none|auto|PATHS",
+                   help="body convs left in float: none; auto (a per-layer sensitivity scan on the calibration images "
+                        "keeps float the few whose INT8 error costs most; minutes); or conv paths, comma-separated "
+                        "(e.g. model_0,model_22/cv3_0_1)")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights: for x86 CPUs without VNNI, where uint8 x int8 products can saturate")
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace in GB")

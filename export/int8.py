@@ -110,8 +110,9 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
                   calib_data: str | Path | np.ndarray, calib_images: int = 256, method: str = "minmax",
                   target: str = "cpu", quant_format: str = "qdq", keep_head_float: bool = True,
                   op_types: Sequence[str] | None = None, activations: str | None = None,
-                  per_channel: bool = True, reduce_range: bool = False,
-                  check_images: np.ndarray | None = None, seed: int = 0) -> dict:
+                  per_channel: bool = True, reduce_range: bool = False, keep_float: str | Sequence[str] = "none",
+                  scan_images: int = 32, check_images: np.ndarray | None = None, seed: int = 0,
+                  log=None) -> dict:
     """Quantize an exported float32 ONNX graph to INT8 and check it.
 
     calib_data: image dir / .txt list / dataset YAML (its `val`, else `train`; letterboxed to the graph's
@@ -121,14 +122,17 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     written out; cpu target only). op_types: override the target's quantized op types. keep_head_float: leave
     the head's final 1x1 convs float (DFL/decode/NMS are always float). activations: override the target's
     activation type, 'uint8' (asymmetric) or 'int8' (symmetric), for experiments. reduce_range: 7-bit weights, for
-    x86 CPUs without VNNI where U8S8 products can saturate.
+    x86 CPUs without VNNI where U8S8 products can saturate. keep_float: body convs (with their SiLU) left in float:
+    'none', 'auto' (the per-layer sensitivity scan: `sensitivity_scan`, on `scan_images` calibration images),
+    or conv paths ('model_2/cv1', as `conv_units` names them). log: a callable for the scan's progress.
 
     Returns {'path', 'calib_images', 'method', 'target', 'format', 'activation_type', 'op_types',
     'quantized_convs', 'float_convs', 'qdq_nodes', 'size_mb', 'float_size_mb', 'checker', 'unsupported_ops',
     'tensorrt_ready' (symmetric int8 Q/DQ that TensorRT parses: the tensorrt target),
     'ort_ops' (op counts of the graph ONNX Runtime runs after its optimizations), 'ort_int8_convs',
     'vs_float': {'box_mae_px', 'box_max_rel', 'score_mae', 'score_max_abs'}, 'vs_jax' and 'float_vs_jax' (same
-    keys, with a detector), 'passed', 'summary'}.
+    keys, with a detector), 'kept_float' (the body convs left float), 'scan' (with keep_float='auto'), 'passed',
+    'summary'}.
     """
     # heavy (start-up of every `yolojax` command that imports export): only quantizing needs them
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -181,6 +185,16 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
              "OpTypesToExcludeOutputQuantization": list(preset["no_output_q"])}
     if method != "minmax":
         extra["CalibStridedMinMax"] = _chunk(len(reader))  # bounds the calibrator's memory (see _HIST_CHUNK)
+    spec = spec_from_onnx(proto)
+    units = conv_units(spec)
+    if isinstance(keep_float, str) and keep_float not in ("none", "auto"):
+        keep_float = [k for k in keep_float.split(",") if k]
+    if not isinstance(keep_float, str):
+        unknown = [k for k in keep_float if k not in units]
+        if unknown:
+            raise ValueError(f"keep_float: {unknown[0]!r} is not a quantized conv of this model (e.g. "
+                             f"{', '.join(list(units)[:3])}; 'auto' finds them)")
+    scan = None
     with tempfile.TemporaryDirectory(prefix="yolojax-int8-") as work:
         pre = Path(work) / "pre.onnx"
         # the symbolic shape pass is skipped: shapes are static apart from the batch (and it needs sympy)
@@ -190,20 +204,39 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
                  "percentile": CalibrationMethod.Percentile}[method]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.tmp")
-        quantize_static(str(pre), str(tmp_out), reader,
-                        quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
-                        per_channel=per_channel, reduce_range=reduce_range, activation_type=act_type,
-                        weight_type=QuantType.QInt8, calibrate_method=calib, nodes_to_exclude=exclude,
-                        op_types_to_quantize=list(ops), extra_options=extra)
+        cache = Path(work) / "ranges.json"  # calibrated once: every variant of the scan reuses the ranges
+
+        def quantize(dst: Path, floats: Sequence[str] = ()) -> Path:
+            reader.rewind()
+            quantize_static(str(pre), str(dst), reader,
+                            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                            per_channel=per_channel, reduce_range=reduce_range, activation_type=act_type,
+                            weight_type=QuantType.QInt8, calibrate_method=calib,
+                            nodes_to_exclude=exclude + [n for u in floats for n in units[u]],
+                            op_types_to_quantize=list(ops), extra_options=extra, calibration_cache_path=str(cache))
+            return dst
+
+        if keep_float == "auto":
+            xs = imgs[:max(batch, scan_images - scan_images % batch)]
+            scan = sensitivity_scan(quantize, proto, xs, [u for u in units if not set(units[u]) & set(exclude)],
+                                    Path(work), batch=batch, log=log)
+            keep_float = scan["chosen"]
+        elif keep_float == "none":
+            keep_float = []
+        quantize(tmp_out, keep_float)
     q = onnx.load(str(tmp_out))
     onnx.helper.set_model_props(q, {**meta, "int8": "True", "int8_target": target, "int8_format": quant_format,
                                     "int8_activations": preset["activation"], "int8_ops": ",".join(ops),
-                                    "calib_method": method, "calib_images": str(len(imgs))})
+                                    "calib_method": method, "calib_images": str(len(imgs)),
+                                    "int8_float_convs": ",".join(keep_float)})
     onnx.save_model(q, str(tmp_out))
     tmp_out.replace(out)
 
     report: dict[str, Any] = {"path": str(out), "calib_images": int(len(imgs)), "method": method, "target": target,
-                              "format": quant_format, "activation_type": preset["activation"], "op_types": list(ops)}
+                              "format": quant_format, "activation_type": preset["activation"], "op_types": list(ops),
+                              "kept_float": list(keep_float)}
+    if scan is not None:
+        report["scan"] = scan
     try:
         onnx.checker.check_model(str(out), full_check=True)
         report["checker"] = True
@@ -222,23 +255,8 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     x = x[:len(x) - len(x) % batch]  # a fixed-batch graph runs the images in slices of its batch
     if len(x) == 0:
         raise CalibrationDataError(f"need at least {batch} check image(s) for this fixed-batch graph")
-    xi = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
-    nc = json.loads(meta["spec"])["nc"] if "spec" in meta else None
 
-    def run(model, names):
-        sess = ort_session(model)
-        outs = [sess.run(names, {inp.name: xi[i:i + batch]}) for i in range(0, len(xi), batch)]
-        return [np.concatenate(o) for o in zip(*outs)]
-
-    if meta.get("nms", "none") != "none":
-        dec = decoded_tensors(spec_from_onnx(proto))
-        names = [dec["boxes"], dec["scores"]]
-        got_f, got_q = ({"boxes": b, "scores": s} for b, s in
-                        (run(_with_outputs(m, names).SerializeToString(), names) for m in (proto, q)))
-    else:
-        (yf,), (yq,) = run(str(float_onnx), ["output0"]), run(str(out), ["output0"])
-        got_f = {"boxes": yf[:, :4], "scores": yf[:, 4:4 + nc] if nc else yf[:, 4:]}
-        got_q = {"boxes": yq[:, :4], "scores": yq[:, 4:4 + nc] if nc else yq[:, 4:]}
+    got_f, got_q = decoded_outputs(proto, x, batch), decoded_outputs(q, x, batch)
     report["vs_float"] = _errors(got_q, got_f)
     if detector is not None:
         ref = reference_outputs(detector, x)
@@ -251,13 +269,14 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     report["passed"] = bool(report["checker"] and finite and report["quantized_convs"] > 0
                             and (quant_format == "qoperator" or not report["unsupported_ops"]))
     v = report["vs_float"]
+    floats = (f", {len(keep_float)} body conv(s) kept float ({', '.join(keep_float)})" if keep_float else "")
     fused = (f"ONNX Runtime runs {report['ort_int8_convs']} of them as QLinearConv"
              if report["ort_int8_convs"] or target == "cpu" else
              "ONNX Runtime's CPU provider runs them as float convs with fake quantization (for TensorRT)")
     report["summary"] = (
         f"INT8 {quant_format.upper()} ({target}: {preset['activation']} activations, int8 weights): "
         f"{report['quantized_convs']} convs int8, {report['float_convs']} float "
-        f"({'head tail kept float' if keep_head_float else 'head convs quantized, decode float'}), {fused}; "
+        f"({'head tail kept float' if keep_head_float else 'head convs quantized, decode float'}{floats}), {fused}; "
         f"{report['size_mb']} MB (float {report['float_size_mb']} MB); onnx.checker "
         f"{'ok' if report['checker'] else 'FAILED'}, TensorRT ops "
         f"{'ok' if not report['unsupported_ops'] else report['unsupported_ops']}"
@@ -265,6 +284,101 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         f"vs float32 on {len(x)} images: box MAE {v['box_mae_px']:.3g} px (max rel to scale {v['box_max_rel']:.3g}), "
         f"score MAE {v['score_mae']:.3g} (max {v['score_max_abs']:.3g})")
     return report
+
+
+def conv_units(spec) -> dict[str, list[str]]:
+    """The units a sensitivity scan can leave in float: every conv of the body with its SiLU,
+    {conv path ('model_2/cv1'): [its ONNX node names]}, in execution order."""
+    units = {}
+    for names in body_node_names(spec).values():
+        if names[0].endswith("/Conv"):
+            units[names[0][:-len("/Conv")]] = names
+    return units
+
+
+def decoded_outputs(model: onnx.ModelProto, x: np.ndarray, batch: int = 1) -> dict[str, np.ndarray]:
+    """The decoded boxes [N,4,A] (xywh px) and scores [N,nc,A] an emitted graph computes for images x [N,h,w,3]
+    (before NMS when the graph has one), run in ONNX Runtime in slices of `batch`."""
+    meta = read_metadata(model)
+    name = model.graph.input[0].name
+    xi = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+    if meta.get("nms", "none") != "none":
+        dec = decoded_tensors(spec_from_onnx(model))
+        names = [dec["boxes"], dec["scores"]]
+        sess = ort_session(_with_outputs(model, names).SerializeToString())
+    else:
+        names = ["output0"]
+        sess = ort_session(model.SerializeToString())
+    outs = [np.concatenate(o) for o in zip(*(sess.run(names, {name: xi[i:i + batch]})
+                                             for i in range(0, len(xi), batch)))]
+    if len(outs) == 2:
+        return {"boxes": outs[0], "scores": outs[1]}
+    nc = json.loads(meta["spec"])["nc"] if "spec" in meta else outs[0].shape[1] - 4
+    return {"boxes": outs[0][:, :4], "scores": outs[0][:, 4:4 + nc]}
+
+
+def detection_damage(got: dict, ref: dict, conf: float = 0.05) -> float:
+    """How far quantized outputs are from the float ones where it matters for detection: over the anchors where
+    either model scores some class >= conf, the mean largest class-score error plus the mean (1 - IoU) of the
+    boxes. 0 = identical; a label-free stand-in for the mAP lost (the scan's measure)."""
+    sf, sq = ref["scores"].astype(np.float64), got["scores"].astype(np.float64)
+    rel = (sf.max(1) >= conf) | (sq.max(1) >= conf)  # [N,A]
+    if not rel.any():
+        return float(np.abs(sq - sf).max(1).mean())
+    ds = np.abs(sq - sf).max(1)[rel].mean()
+    bf, bq = ref["boxes"].astype(np.float64), got["boxes"].astype(np.float64)
+
+    def corners(b):
+        return b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = corners(bf), corners(bq)
+    inter = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None) * \
+        np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    iou = inter / np.maximum(union, 1e-9)
+    return float(ds + (1.0 - iou)[rel].mean())
+
+
+def sensitivity_scan(quantize, float_model: onnx.ModelProto, images: np.ndarray, units: Sequence[str], work: Path,
+                     *, batch: int = 1, max_float: int = 4, min_gain: float = 0.05, log=None) -> dict:
+    """Which body convs to keep in float: each conv is left float alone (everything else quantized, the same
+    calibrated ranges) and the detection damage against the float model (`detection_damage`, on `images`)
+    measured; then, most helpful first, a conv joins the float set when it takes at least `min_gain` of the
+    all-INT8 damage off *together with those already chosen*, at most `max_float` of them (each float conv in
+    a uint8 graph costs a dequantize/requantize and a float conv).
+
+    quantize(dst, floats) -> dst writes the INT8 graph with `floats` in float. Returns {'images', 'damage_int8'
+    (all quantized), 'per_conv': {path: damage with it float}, 'chosen', 'damage_chosen', 'steps', 'seconds'}."""
+    import time
+    t0 = time.perf_counter()
+    ref = decoded_outputs(float_model, images, batch)
+
+    def damage(floats) -> float:
+        dst = quantize(work / "scan.onnx", floats)
+        return detection_damage(decoded_outputs(onnx.load(str(dst)), images, batch), ref)
+
+    base = damage([])
+    per = {}
+    for i, u in enumerate(units):
+        per[u] = damage([u])
+        if log and (i + 1) % 10 == 0:
+            log(f"int8 sensitivity scan: {i + 1}/{len(units)} convs ({time.perf_counter() - t0:.0f} s)")
+    order = sorted(units, key=lambda u: per[u])
+    chosen, cur, steps = [], base, []
+    for u in order:
+        if base - per[u] < min_gain * base or len(chosen) >= max_float:
+            break
+        d = damage(chosen + [u])
+        steps.append({"conv": u, "alone": round(per[u], 5), "with_chosen": round(d, 5), "kept": cur - d >= min_gain * base})
+        if cur - d >= min_gain * base:
+            chosen.append(u)
+            cur = d
+    res = {"images": int(len(images)), "damage_int8": round(base, 5),
+           "per_conv": {u: round(per[u], 5) for u in units}, "chosen": chosen, "damage_chosen": round(cur, 5),
+           "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
+    if log:
+        log(f"int8 sensitivity scan: damage {base:.4f} all INT8 -> {cur:.4f} with {chosen or 'no conv'} float "
+            f"({res['seconds']:.0f} s)")
+    return res
 
 
 def ort_optimized_ops(path: str | Path) -> dict[str, int]:
@@ -314,4 +428,5 @@ def calibration_reader(name: str, images: np.ndarray, batch: int = 1) -> Any:
 
 
 __all__: Sequence[str] = ("quantize_int8", "float_tail_nodes", "calibration_reader", "ort_optimized_ops",
+                          "sensitivity_scan", "detection_damage", "conv_units", "decoded_outputs",
                           "METHODS", "TARGETS", "QUANT_FORMATS", "BODY_OPS")

@@ -371,3 +371,58 @@ def test_onnx_predict_obb_matches_jax(tmp_path):
     np.testing.assert_array_equal(got["classes"][v], ref["classes"][v])
     np.testing.assert_allclose(got["scores"][v], ref["scores"][v], atol=1e-4)
     np.testing.assert_allclose(got["boxes"][v], ref["boxes"][v], atol=2e-3)
+
+
+# -- keeping sensitive convs float ----------------------------------------------------------------------------
+def _float_convs(m):
+    """Paths of the body convs whose weight is a float initializer (not dequantized int8)."""
+    prod = _producers(m)
+    return {n.name[:-len("/Conv")] for n in m.graph.node if n.op_type == "Conv"
+            and not (n.input[1] in prod and prod[n.input[1]].op_type == "DequantizeLinear")}
+
+
+def test_detection_damage_measures_what_detection_sees():
+    from export.int8 import detection_damage
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([rng.uniform(10, 50, (2, 2, 30)), rng.uniform(4, 12, (2, 2, 30))], 1)
+    scores = rng.uniform(0, 0.3, (2, 3, 30))
+    ref = {"boxes": boxes, "scores": scores}
+    assert detection_damage(ref, ref) == 0.0
+    small = {"boxes": boxes + 0.1, "scores": scores + 0.001}
+    big = {"boxes": boxes + 2.0, "scores": scores + 0.05}
+    assert 0 < detection_damage(small, ref) < detection_damage(big, ref)
+    # errors where neither model detects anything (scores < 0.05) do not count
+    quiet = {"boxes": boxes, "scores": np.where(scores.max(1, keepdims=True) < 0.05, scores + 0.04, scores)}
+    assert detection_damage(quiet, ref) == 0.0
+
+
+def test_keep_float_names_and_auto_scan(det, f32, work, coco, check_x, capsys):
+    from export.int8 import conv_units
+    units = conv_units(det.spec)
+    assert list(units)[0] == "model_0" and units["model_0"] == ["model_0/Conv", "model_0/Sigmoid", "model_0/SiLU"]
+    tail = {c[:-len("/Conv")] for c in HEAD_CONVS}
+    rep = quantize_int8(f32, work / "kf.onnx", det, calib_data=coco, calib_images=8, check_images=check_x,
+                        keep_float="model_0,model_3")
+    m = onnx.load(rep["path"])
+    assert _float_convs(m) == tail | {"model_0", "model_3"} and rep["kept_float"] == ["model_0", "model_3"]
+    assert read_metadata(m)["int8_float_convs"] == "model_0,model_3" and rep["passed"]
+    with pytest.raises(ValueError, match="'model_99' is not a quantized conv of this model"):
+        quantize_int8(f32, work / "never.onnx", det, calib_data=coco, calib_images=8, keep_float=["model_99"])
+    # auto: every body conv scanned once with the same calibrated ranges; the chosen ones float in the graph
+    rep = quantize_int8(f32, work / "auto.onnx", det, calib_data=coco, calib_images=8, check_images=check_x,
+                        keep_float="auto", scan_images=4)
+    sc = rep["scan"]
+    assert set(sc["per_conv"]) == set(units) - tail and sc["images"] == 4
+    assert set(sc["chosen"]) <= set(units) and len(sc["chosen"]) <= 4 and rep["kept_float"] == sc["chosen"]
+    assert sc["damage_chosen"] <= sc["damage_int8"] and _float_convs(onnx.load(rep["path"])) == tail | set(sc["chosen"])
+    for s in sc["steps"]:  # a conv joins only if it takes >= 5% of the all-INT8 damage off with those chosen
+        assert s["kept"] == (s["conv"] in sc["chosen"])
+    # the CLI: names, and the one-line error for a wrong one
+    ckpt = det.save(work / "kf_ckpt")
+    rc = main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "--calib-data", str(coco), "--calib-images",
+               "4", "--int8-keep-float", "model_0", "-o", str(work / "kf_cli.onnx")])
+    assert rc == 0 and "1 body conv(s) kept float (model_0)" in capsys.readouterr().out
+    rc = main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "--calib-data", str(coco), "--calib-images",
+               "4", "--int8-keep-float", "model_0,nope", "-o", str(work / "kf_bad.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "'nope' is not a quantized conv of this model" in err[-1]
