@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", nargs="+", default=["compress student (pruned, KD)", "teacher (80 epochs)"])
     ap.add_argument("--data", default=None, help="dataset YAML; default: the demo's built-in synthetic set")
     ap.add_argument("--imgsz", type=int, default=d.imgsz)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=";".join(VARIANTS), help="variant names, separated by ;")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "int8_calibration")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "int8_calibration")
     args = ap.parse_args(argv)
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
             return {"map50": round(float(m["map50"]), 5), "map50_95": round(float(m["map50_95"]), 5)}
         row = {"model": path, "label": label, "params": count_params(det.spec), "float": score(f32), "variants": {}}
         print(f"{label}: float {row['float']}", flush=True)
-        for name in args.variants.split(","):
-            kw = dict(calib_images=128, **VARIANTS[name])
+        for name in args.variants.split(";"):
+            kw = {"calib_images": 128, **VARIANTS[name]}
             t0 = time.time()
             rep = quantize_int8(f32, w / "q.onnx", calib_data=calib, seed=0, **kw)
             s = score(w / "q.onnx")

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pruning import Budget, LatencyTarget, prune  # noqa: E402
-from pruning.latency import end_to_end_runner, latency_model, measure_ms, plan_measured, time_interleaved  # noqa: E402
+from pruning.latency import LatencyTargetUnreachable, end_to_end_runner, latency_model, measure_ms, plan_measured, time_interleaved  # noqa: E402
 from pruning.prune import apply_masks  # noqa: E402
 from yolojax.api import Detector  # noqa: E402
 from yolojax.model.counting import count_flops, count_params  # noqa: E402
@@ -58,8 +58,12 @@ def run_one(variant, imgsz, backend, targets, reps, table_reps, log):
     measure = lambda s, pv: measure_ms(s, pv, backend, imgsz, 1, th, reps=reps)  # noqa: E731
     m0 = measure(spec, v)
     for t in targets:
-        masks, hist = plan_measured(spec, v, LatencyTarget(target_ms=t * m0, imgsz=imgsz, backend=backend,
-                                                            model=model), measure, rounds=2, log=log)
+        try:
+            masks, hist = plan_measured(spec, v, LatencyTarget(target_ms=t * m0, imgsz=imgsz, backend=backend,
+                                                                model=model), measure, rounds=2, log=log)
+        except LatencyTargetUnreachable as e:
+            log(f"{variant}@{imgsz} {t:g}x measured: {e}")
+            continue
         s, pv = apply_masks(spec, v, masks)
         models.append((f"latency target {t:g}x, measured re-plans", ("ms", t, len(hist)), s, pv))
     g0 = count_flops(spec, imgsz)

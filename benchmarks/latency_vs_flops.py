@@ -217,7 +217,7 @@ def markdown(res: dict) -> str:
         ft = a.get("finetuned")
         f50 = f"{ft['map50']['mean']:.4f} ({ft['map50']['min']:.4f}..{ft['map50']['max']:.4f})" if ft else "–"
         f95 = f"{ft['map50_95']['mean']:.4f} ({ft['map50_95']['min']:.4f}..{ft['map50_95']['max']:.4f})" if ft else "–"
-        lines.append(f"| {name} | {a['params']:,} | {a['gflops']:.3f} ({a['gflops_ratio']:.2f}) | {a['predicted_ms']:.2f} | "
+        lines.append(f"| {name.replace('|', chr(92) + '|')} | {a['params']:,} | {a['gflops']:.3f} ({a['gflops_ratio']:.2f}) | {a['predicted_ms']:.2f} | "
                      f"{a['measured_ms']:.2f} ({a['p10_p90_ms'][0]:.2f}-{a['p10_p90_ms'][1]:.2f}) | "
                      f"{a['latency_ratio']:.3f} | {a['val']['map50']:.4f} | {f50} | {f95} |")
     if res.get("notes"):

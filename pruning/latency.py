@@ -575,16 +575,41 @@ def plan_measured(spec: Spec, variables, policy, measure: Callable[[Spec, dict],
     (either way: too slow misses the deployment, too fast throws away accuracy), planned again with the target
     scaled by the miss (`target_used * target / measured`: the table's local error, taken out), up to `rounds`
     more times. The plan measured closest to the target wins, a plan within the target preferred.
+    The unpruned model is measured first: the table's scale now (tables drift with the machine's load and clocks)
+    sets the first plan's target (`target * predicted / measured` of the unpruned model); an unpruned model already
+    within the target is returned whole.
     Returns (masks, history: one {'target_ms_used', 'predicted_ms', 'measured_ms', 'chosen'} per plan)."""
     import dataclasses
 
     from .prune import apply_masks, plan
     target = float(policy.target_ms)
     history, plans = [], []
-    used = target
+    # the table's scale on this machine now (tables drift: load, clocks): the unpruned model measured first
+    full_pred = policy.latency_model(spec, variables).predict()
+    full_ms = float(measure(spec, variables))
+    used = target * full_pred / full_ms
+    if log:
+        log(f"latency target {target:g} ms: unpruned model predicted {full_pred:.2f} ms, measured {full_ms:.2f} ms; "
+            f"planning for {used:.2f} ms on the table's scale")
+    if full_ms <= target:  # nothing to prune for speed (near-zero channels still go: they are free)
+        masks = plan(spec, variables, dataclasses.replace(policy, target_ms=full_pred * 2))
+        pred = policy.latency_model(spec, variables).predict_spec(apply_masks(spec, variables, masks)[0])
+        if log:
+            log(f"latency target {target:g} ms: the unpruned model already meets it")
+        return masks, [{"round": 0, "target_ms_used": round(full_pred * 2, 4), "predicted_ms": round(pred, 4),
+                        "measured_ms": round(full_ms, 4), "chosen": True, "unpruned_within_target": True}]
     for r in range(rounds + 1):
         p = dataclasses.replace(policy, target_ms=used)
-        masks = plan(spec, variables, p)
+        try:
+            masks = plan(spec, variables, p)
+        except LatencyTargetUnreachable as e:
+            if r == 0:
+                raise LatencyTargetUnreachable(
+                    f"{e} (measured here: the unpruned model runs in {full_ms:.2f} ms, the table predicts "
+                    f"{full_pred:.2f} ms: the target on the table's scale is {used:.2f} ms)") from None
+            if log:  # the correction asks for less than the minimum widths give: the floor was measured already
+                log(f"latency target {target:g} ms: a re-plan for {used:.2f} ms is below the minimum widths; stopping")
+            break
         new_spec, new_vars = apply_masks(spec, variables, masks)
         object.__setattr__(policy, "model", p.model)  # the table the first plan loaded, kept for the next
         pred = p.latency_model(spec, variables).predict_spec(new_spec)
