@@ -440,8 +440,8 @@ def _prune(cc: CompressConfig, model, d: Path, train=None, meta=None):
         if train is None:
             raise ValueError("a latency target ranks channels by Taylor importance: pass the training set")
         # importance per millisecond needs importances comparable across layers: |gamma| is not (measured on the
-        # demo's sparse model at 0.5x latency: mAP50 before fine-tuning 0.009 with |gamma|, 0.32 with Taylor;
-        # benchmarks/results/latency_vs_flops.md)
+        # demo's sparse model at 0.5x latency, BN statistics re-estimated: mAP50 before fine-tuning 0.05 with
+        # |gamma|, 0.87 with Taylor; benchmarks/results/latency_vs_flops.md)
         from pruning.sparsity import TaylorScores, taylor_importance
         _say("pruned: Taylor importance of every channel on 8 training batches")
         tay = taylor_importance(model.spec, model.variables, train, cc.imgsz, workers=cc.workers, seed=cc.seed)
