@@ -43,6 +43,20 @@ def cpu_isa() -> str:
     return ", ".join(have) + ("" if any("VNNI" in h or "AMX" in h for h in have) or not have else " (no VNNI)")
 
 
+def int8_expectation(isa: str | None = None) -> str:
+    """One line: what speedup INT8 (the `cpu` target) gives in ONNX Runtime on a CPU with this instruction set,
+    from the measurements in benchmarks/results/int8.md (yolov8n, 640 px, batch 1)."""
+    isa = cpu_isa() if isa is None else isa
+    if ("VNNI" in isa and "no VNNI" not in isa) or "AMX" in isa:
+        return (f"INT8 speed on this CPU ({isa}): expect ~2.5x over float32 in ONNX Runtime (measured 0.39x the "
+                "latency on an AVX512-VNNI EPYC, benchmarks/results/int8.md)")
+    if "AVX2" in isa or "AVX512" in isa:
+        return (f"INT8 speed on this CPU ({isa}): expect only ~1.3x over float32 in ONNX Runtime (measured 0.76x "
+                "the latency on an AVX2 EPYC without VNNI; ~2.5x with VNNI; benchmarks/results/int8.md); the "
+                "file is 3.6x smaller either way")
+    return "INT8 speed on this CPU: instruction set unknown here; time it with `yolojax benchmark FP32.onnx INT8.onnx`"
+
+
 def machine_info() -> dict:
     """CPU model, vector instruction sets, cores and library versions of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -257,7 +271,8 @@ def benchmark(models: Sequence[Any], *, backend: str = "onnxruntime", imgsz: int
 def format_table(res: dict) -> str:
     m = res["machine"]
     lines = [f"{res['backend']} | imgsz {res['imgsz']} | batch {res['batch']} | half {res['half']} | "
-             f"{res['runs']} interleaved runs | {m['cpu']} ({m['cores']} cores) | jax {m.get('jax')} "
+             f"{res['runs']} interleaved runs | {m['cpu']} ({m['cores']} cores{', ' + m['isa'] if m.get('isa') else ''}) "
+             f"| jax {m.get('jax')} "
              f"| onnxruntime {m.get('onnxruntime')}",
              f"{'model':<40} {'p10 ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'fps':>8} {'GFLOPs':>8} "
              f"{'ratio':>6}"]

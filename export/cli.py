@@ -100,6 +100,9 @@ def run_export(args) -> int:
                   f"all INT8, {sc['damage_chosen']:.4f} with {', '.join(sc['chosen']) or 'no conv'} float "
                   f"(per conv: {scan_json})")
         print(rep["summary"])
+        if args.int8_target == "cpu":
+            from .benchmark import int8_expectation
+            print(int8_expectation())
         return 0 if rep["passed"] else 1
     else:
         from .onnx_emit import export_onnx

@@ -281,6 +281,7 @@ def test_cli_export_int8(det, work, coco, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and out.exists() and (work / "cli_fp32.onnx").exists()
     assert "INT8 QDQ for cpu, entropy calibration on 8 images" in text and "57 of them as QLinearConv" in text
+    assert "INT8 speed on this CPU" in text  # what to expect, by the CPU's instruction set
     rc = main(["export", str(ckpt), "--imgsz", str(IMGSZ), "--int8", "--int8-target", "tensorrt", "--calib-data",
                str(coco), "--calib-images", "4", "-o", str(work / "cli_trt.onnx")])
     assert rc == 0 and read_metadata(work / "cli_trt.onnx")["int8_target"] == "tensorrt"
@@ -379,6 +380,13 @@ def _float_convs(m):
     prod = _producers(m)
     return {n.name[:-len("/Conv")] for n in m.graph.node if n.op_type == "Conv"
             and not (n.input[1] in prod and prod[n.input[1]].op_type == "DequantizeLinear")}
+
+
+def test_int8_expectation_follows_the_instruction_set():
+    from export.benchmark import int8_expectation
+    assert "~2.5x" in int8_expectation("AVX512-VNNI, AVX512, AVX2")
+    assert "~1.3x" in int8_expectation("AVX512, AVX2 (no VNNI)") and "~1.3x" in int8_expectation("AVX2 (no VNNI)")
+    assert "unknown" in int8_expectation("")
 
 
 def test_detection_damage_measures_what_detection_sees():
