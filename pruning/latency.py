@@ -585,12 +585,20 @@ def plan_measured(spec: Spec, variables, policy, measure: Callable[[Spec, dict],
     target = float(policy.target_ms)
     history, plans = [], []
     # the table's scale on this machine now (tables drift: load, clocks): the unpruned model measured first
-    full_pred = policy.latency_model(spec, variables).predict()
+    lm = policy.latency_model(spec, variables)
+    full_pred = lm.predict()
+    floor_pred = lm.predict({g.name: g.size if policy.is_skipped(g) else policy.finalize(g.size, 0)
+                             for g in build_groups(spec)})
     full_ms = float(measure(spec, variables))
     used = target * full_pred / full_ms
+    if used < floor_pred <= target:
+        # only the measured scale puts the target below the minimum widths (one measurement, maybe noisy): plan the
+        # minimum widths, measure them, and say so; a target below them on the table itself is refused below
+        used = floor_pred * (1 + 1e-9)
     if log:
         log(f"latency target {target:g} ms: unpruned model predicted {full_pred:.2f} ms, measured {full_ms:.2f} ms; "
-            f"planning for {used:.2f} ms on the table's scale")
+            f"planning for {used:.2f} ms on the table's scale"
+            f"{' (the minimum widths: the target looks out of reach here)' if used <= floor_pred * (1 + 1e-6) else ''}")
     if full_ms <= target:  # nothing to prune for speed (near-zero channels still go: they are free)
         masks = plan(spec, variables, dataclasses.replace(policy, target_ms=full_pred * 2))
         pred = policy.latency_model(spec, variables).predict_spec(apply_masks(spec, variables, masks)[0])

@@ -292,8 +292,8 @@ def test_compress_prune_stage_with_latency_target(tmp_path, monkeypatch):
 
 def test_measured_plan_stops_at_the_minimum_widths():
     """Pruning saves far less than the table says: the re-plan would aim below what the minimum widths give; the
-    loop stops there and keeps the closest plan measured. A target that even the table's rescaled floor cannot
-    meet is refused with the measurement in the message."""
+    loop stops there and keeps the closest plan measured. A target the measured scale puts below the minimum
+    widths gets them (measured, reported); one below them on the table itself is refused, naming the measurement."""
     from pruning.latency import plan_measured
     spec = tiny_spec()
     v = random_gammas(Detector.create(spec))
@@ -304,6 +304,12 @@ def test_measured_plan_stops_at_the_minimum_widths():
     _, hist = plan_measured(spec, v, LatencyTarget(target_ms=target, imgsz=IMGSZ, model=model),
                             lambda s, _: full - 0.2 * (full - model.predict_spec(s)), rounds=3)
     assert len(hist) == 1 and hist[0]["chosen"] and hist[0]["measured_ms"] > target
+    # 3x slower than the table: on its rescaled scale even the minimum widths miss; they are planned and measured
+    _, hist = plan_measured(spec, v, LatencyTarget(target_ms=target, imgsz=IMGSZ, model=model),
+                            lambda s, _: 3.0 * model.predict_spec(s))
+    assert len(hist) == 1 and hist[0]["predicted_ms"] == pytest.approx(floor, rel=1e-3)
+    assert hist[0]["measured_ms"] == pytest.approx(3 * floor, rel=1e-3) and hist[0]["chosen"]
+    # below the minimum widths on the table itself: refused, naming the measurement
     with pytest.raises(LatencyTargetUnreachable, match="measured here: the unpruned model runs in"):
-        plan_measured(spec, v, LatencyTarget(target_ms=target, imgsz=IMGSZ, model=model),
-                      lambda s, _: 3.0 * model.predict_spec(s))
+        plan_measured(spec, v, LatencyTarget(target_ms=0.9 * floor, imgsz=IMGSZ, model=model),
+                      lambda s, _: model.predict_spec(s))
