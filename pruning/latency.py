@@ -445,6 +445,7 @@ def calibrate(model: LatencyModel, *, reps: int = 20, shares: Sequence[float] = 
     if not 0.3 <= alpha <= 3.0:  # noisy points: keep the slope at 1, only the overhead fitted
         alpha, beta = 1.0, float(np.mean(med - np.asarray(sums)))
     cal = {"alpha": round(float(alpha), 5), "beta": round(float(beta), 5), "variant": model.spec.variant,
+           "sites": sorted(model.struct.needs()),
            "points": [{"conv_sum_ms": round(float(s), 4), "measured_ms": round(float(m), 4)} for s, m in zip(sums, med)],
            "reps": reps, "date": datetime.datetime.now().isoformat(timespec="seconds")}
     model.table.calibration[spec_key(model.spec)] = cal
@@ -477,7 +478,17 @@ def latency_model(spec: Spec, *, backend: str = "onnxruntime", imgsz: int = 640,
     if tab is None:
         tab = LatencyTable({**want, "reps": reps, "grid_points": points}, path=path)
     needs = _Structure(spec, imgsz).needs()
+    # sites already in the table that this spec needs wider are measured again, at another time: the calibrations
+    # fitted on their old values (other variants sharing the table) no longer hold and are dropped
+    remeasured = {k for k, n in needs.items() if k in tab.sites and not tab.covers(k, n)}
     changed = measure_sites(tab, needs, reps=reps, points=points, log=log)
+    if remeasured:
+        for key, cal in list(tab.calibration.items()):
+            if remeasured & set(cal.get("sites", remeasured)):
+                del tab.calibration[key]
+                if log:
+                    log(f"latency table: calibration of {cal.get('variant', key)} dropped (its sites were measured "
+                        f"again); it is fitted again when next used")
     if changed:
         tab.settings["date"] = datetime.datetime.now().isoformat(timespec="seconds")
         tab.settings["loadavg"] = [round(x, 2) for x in os.getloadavg()]

@@ -313,3 +313,23 @@ def test_measured_plan_stops_at_the_minimum_widths():
     with pytest.raises(LatencyTargetUnreachable, match="measured here: the unpruned model runs in"):
         plan_measured(spec, v, LatencyTarget(target_ms=0.9 * floor, imgsz=IMGSZ, model=model),
                       lambda s, _: model.predict_spec(s))
+
+
+def test_remeasured_sites_drop_the_calibrations_fitted_on_them(tmp_path):
+    """Variants share a table per size; a wider variant measures shared sites again (at another time, under
+    another load), so a calibration fitted on their old values is dropped and fitted again when next used
+    (found on the idle-machine run: yolov8n's calibration, kept after yolov8s re-measured its sites, predicted
+    +64%)."""
+    small = tiny_spec()
+    wide = yolov8_spec("n", 4)
+    path = tmp_path / "t.json"
+    m = latency_model(small, backend="onnxruntime", imgsz=IMGSZ, table=path, reps=2, points=2, calibrate_reps=3)
+    key = next(iter(LatencyTable.load(path).calibration))
+    assert m.calibrated and set(LatencyTable.load(path).calibration[key]["sites"]) == set(_Structure(small, IMGSZ).needs())
+    logs = []
+    latency_model(wide, backend="onnxruntime", imgsz=IMGSZ, table=path, reps=2, points=2, calibrate_reps=0,
+                  log=logs.append)
+    assert key not in LatencyTable.load(path).calibration
+    assert any("calibration of tiny dropped" in m for m in logs)
+    again = latency_model(small, backend="onnxruntime", imgsz=IMGSZ, table=path, reps=2, points=2, calibrate_reps=3)
+    assert again.calibrated and key in LatencyTable.load(path).calibration
