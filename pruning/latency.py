@@ -507,6 +507,11 @@ def _step_down(policy, size: int, k: int) -> int:
     return min(k, policy.finalize(size, ((k - 1) // policy.round_to) * policy.round_to))
 
 
+def floor_counts(groups, policy) -> dict[str, int]:
+    """The smallest kept count per group the policy allows (skipped groups whole): the fastest model it can give."""
+    return {g.name: g.size if policy.is_skipped(g) else policy.finalize(g.size, 0) for g in groups}
+
+
 def plan_latency_counts(model: LatencyModel, groups, scores: Mapping[str, np.ndarray], policy,
                         zero: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:
     """Kept count per group meeting `policy.target_ms` under `model` with the least importance lost (greedy on
@@ -517,9 +522,7 @@ def plan_latency_counts(model: LatencyModel, groups, scores: Mapping[str, np.nda
     for g in active:
         if zero is not None:
             counts[g.name] = policy.finalize(g.size, int((~zero[g.name]).sum()))
-    floor = dict(counts)
-    for g in active:
-        floor[g.name] = policy.finalize(g.size, 0)
+    floor = floor_counts(groups, policy)
     lowest = model.predict(floor)
     if lowest > target:
         t = model.table.settings
@@ -598,8 +601,7 @@ def plan_measured(spec: Spec, variables, policy, measure: Callable[[Spec, dict],
     # the table's scale on this machine now (tables drift: load, clocks): the unpruned model measured first
     lm = policy.latency_model(spec, variables)
     full_pred = lm.predict()
-    floor_pred = lm.predict({g.name: g.size if policy.is_skipped(g) else policy.finalize(g.size, 0)
-                             for g in build_groups(spec)})
+    floor_pred = lm.predict(floor_counts(build_groups(spec), policy))
     full_ms = float(measure(spec, variables))
     used = target * full_pred / full_ms
     if used < floor_pred <= target:
@@ -612,7 +614,7 @@ def plan_measured(spec: Spec, variables, policy, measure: Callable[[Spec, dict],
             f"{' (the minimum widths: the target looks out of reach here)' if used <= floor_pred * (1 + 1e-6) else ''}")
     if full_ms <= target:  # nothing to prune for speed (near-zero channels still go: they are free)
         masks = plan(spec, variables, dataclasses.replace(policy, target_ms=full_pred * 2))
-        pred = policy.latency_model(spec, variables).predict_spec(apply_masks(spec, variables, masks)[0])
+        pred = lm.predict_spec(apply_masks(spec, variables, masks)[0])
         if log:
             log(f"latency target {target:g} ms: the unpruned model already meets it")
         return masks, [{"round": 0, "target_ms_used": round(full_pred * 2, 4), "predicted_ms": round(pred, 4),
@@ -630,8 +632,7 @@ def plan_measured(spec: Spec, variables, policy, measure: Callable[[Spec, dict],
                 log(f"latency target {target:g} ms: a re-plan for {used:.2f} ms is below the minimum widths; stopping")
             break
         new_spec, new_vars = apply_masks(spec, variables, masks)
-        object.__setattr__(policy, "model", p.model)  # the table the first plan loaded, kept for the next
-        pred = p.latency_model(spec, variables).predict_spec(new_spec)
+        pred = lm.predict_spec(new_spec)
         ms = float(measure(new_spec, new_vars))
         history.append({"round": r, "target_ms_used": round(used, 4), "predicted_ms": round(pred, 4),
                         "measured_ms": round(ms, 4)})
