@@ -86,8 +86,14 @@ def cmd_distill(args) -> int:
           f"GFLOPs@{cfg.imgsz}; student: {count_params(student.spec):,} params, "
           f"{count_flops(student.spec, cfg.imgsz):.3f} GFLOPs; method {method or dcfg.method}; "
           f"{len(train)} train / {len(val)} val images", file=sys.stderr)
+    qat = info.get("qat") if args.resume else ({"float_convs": [c for c in args.qat_float.split(",") if c],
+                                                 "reduce_range": args.qat_reduce_range} if args.qat else None)
+    if qat and "qat" in student.meta and not args.resume:
+        print(f"note: {student_src} is a QAT model already; its ranges are calibrated again", file=sys.stderr)
     logs = distill_finetune(teacher, student, train, val, cfg, method, rundir=rundir, dcfg=dcfg,
-                            progress=args.progress, resume=args.resume,
+                            progress=args.progress, resume=args.resume, qat=bool(qat),
+                            qat_float_convs=tuple(qat["float_convs"]) if qat else (),
+                            qat_reduce_range=bool(qat and qat["reduce_range"]),
                             meta={"data": str(data or "builtin-synthetic"), "teacher_path": str(args.teacher)})
     if not args.resume:
         info = json.loads((rundir / "distill.json").read_text())
@@ -111,6 +117,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", type=_method, default="cwd", help="none|cwd|sad|logit|cwd+logit|... (default cwd)")
     p.add_argument("-o", "--output", default="runs/distill", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --output (needs --teacher)")
+    q = p.add_argument_group("quantization-aware training (the student fine-tuned for `export --int8`)")
+    q.add_argument("--qat", action="store_true",
+                   help="simulate the INT8 export's rounding while fine-tuning (BN frozen and folded, int8 per-channel "
+                        "weights, uint8 activations); start from a trained --student; `export --int8` then uses the "
+                        "learned ranges")
+    q.add_argument("--qat-float", dest="qat_float", default="", metavar="PATHS",
+                   help="body convs the INT8 graph keeps float, comma-separated (e.g. model_0, what "
+                        "`export --int8-keep-float auto` picks)")
+    q.add_argument("--qat-reduce-range", dest="qat_reduce_range", action="store_true",
+                   help="7-bit weights: for x86 CPUs without VNNI (their uint8 x int8 kernels saturate 8-bit weights)")
     g = p.add_argument_group("distillation")
     g.add_argument("--tau", type=float, default=None, help="CWD temperature (default 1)")
     g.add_argument("--weights", type=_floats, default=None, help="per-level weights, finest first: P3,P4,P5 (P2,... for a P2 model; a "

@@ -23,6 +23,7 @@ import pruning
 from yolojax.api import Detector
 from yolojax.data.loader import Loader
 from yolojax.model.counting import count_flops, count_params
+from yolojax.model.quant import QATModel, calibrate_ranges, with_ranges
 from yolojax.model.spec import Spec
 from yolojax.model.yolov8 import YOLOv8
 from yolojax.train.trainer import Trainer, resolve_model
@@ -31,6 +32,7 @@ from . import adapters as ad
 from .losses import cwd_loss, logit_kd_loss, multi_scale, sad_loss
 
 TERMS = ("cwd", "sad", "logit")
+QAT_CALIB_IMAGES = 32  # training images (letterboxed, not augmented) the starting activation ranges come from
 METHODS = ("none", "cwd", "sad", "logit", "cwd+logit", "sad+logit", "cwd+sad", "cwd+sad+logit")
 
 
@@ -226,7 +228,8 @@ def prune_student(teacher, ratio: float, policy: str = "layer", **policy_kw):
 def distill_finetune(teacher, student, train_data, val_data, cfg, method: str | None = None, *,
                      rundir: str | Path = "runs/distill", dcfg: DistillConfig | None = None,
                      progress: bool = True, note: str = "", meta: Mapping | None = None, epoch_hooks=(),
-                     resume: bool = False, **overrides) -> dict:
+                     resume: bool = False, qat: bool = False, qat_float_convs: tuple[str, ...] = (),
+                     qat_reduce_range: bool = False, **overrides) -> dict:
     """Fine-tune `student` (a yolojax Detector, usually pruned from `teacher`) on train_data with
     distillation from the frozen `teacher` Detector; returns the Trainer's last-epoch logs (losses incl.
     distill_* items, val/map50, val/map50_95, val/map_small, ...). Writes RUNDIR like `yolojax train`
@@ -235,6 +238,12 @@ def distill_finetune(teacher, student, train_data, val_data, cfg, method: str | 
     method: 'none' | 'cwd' | 'sad' | 'logit' | 'cwd+logit' | ... (default: dcfg's, else 'cwd');
     overrides: DistillConfig fields (tau, scale_weights, loss_weight, cwd_weight, adapters, ...);
     cfg: yolojax.train.config.TrainConfig. resume: continue RUNDIR/last exactly (state, adapters, position).
+    qat: quantization-aware fine-tuning (`yolojax.model.quant`): the student runs with the INT8 export's rounding
+    simulated (BN frozen and folded, int8 per-channel weights, uint8 activations with ranges calibrated on
+    training images, then tracked), the teacher in float; the saved models carry the ranges in meta['qat'], and
+    `yolojax export --int8` uses them. Start from a trained student (its BN statistics are frozen).
+    qat_float_convs: body convs the INT8 graph keeps float (`--int8-keep-float`); qat_reduce_range: 7-bit
+    weights, for x86 CPUs without VNNI (see yolojax/model/quant.py).
     """
     dcfg = dcfg or DistillConfig()
     dcfg = dataclasses.replace(dcfg, method=dcfg.method if method is None else method, **overrides)
@@ -257,9 +266,19 @@ def distill_finetune(teacher, student, train_data, val_data, cfg, method: str | 
     run_meta = {k: v for k, v in dict(student.meta).items() if k == "pruning"}
     run_meta.update(dict(meta or {}))
     run_meta["distillation"] = info
+    model = None
+    if qat:
+        model = QATModel(spec, tuple(qat_float_convs), bool(qat_reduce_range))
+        x = _feature_batch(train_data, cfg.imgsz, n=QAT_CALIB_IMAGES)
+        ranges = calibrate_ranges(spec, variables, [x[i:i + 8] for i in range(0, len(x), 8)],
+                                  float_convs=model.float_convs)
+        variables = with_ranges(variables, ranges)
+        info["qat"] = {"float_convs": list(model.float_convs), "reduce_range": model.reduce_range,
+                       "calib_images": int(len(x)), "sites": len(ranges)}
+        snote += f"; QAT ({len(ranges)} activation ranges, {7 if qat_reduce_range else 8}-bit weights)"
     trainer = Trainer(cfg, Path(rundir), train_data, val_data, spec, variables, extra_loss=extra,
                       teacher=t_vars if terms else None, aux=aux or None, epoch_hooks=tuple(epoch_hooks),
-                      progress=progress, note=note or f"{snote}; distill {dcfg.method}", meta=run_meta)
+                      progress=progress, note=note or f"{snote}; distill {dcfg.method}", meta=run_meta, model=model)
     if resume:
         trainer.restore()
     else:

@@ -82,16 +82,30 @@ def run_export(args) -> int:
     if args.int8 and args.format == "onnx":
         from .int8 import quantize_int8
         from .onnx_emit import export_onnx
+        qat = det.meta.get("qat")
+        kw = {"reduce_range": args.reduce_range, "keep_float": args.int8_keep_float}
+        if qat:  # a QAT model: its trained ranges, float convs and weight range, not a new calibration
+            if args.int8_target != "cpu" or args.calib_method != "minmax" or args.int8_head:
+                print("error: this model was trained for the cpu target's uint8 graph (QAT, meta['qat']): drop "
+                      "--int8-target/--calib-method/--int8-head", file=sys.stderr)
+                return 2
+            if args.int8_keep_float not in ("none", ",".join(qat["float_convs"])) or (
+                    args.reduce_range and not qat["reduce_range"]):
+                print(f"error: this QAT model was trained with float convs {qat['float_convs'] or 'none'} and "
+                      f"{'7' if qat['reduce_range'] else '8'}-bit weights; the INT8 graph uses those", file=sys.stderr)
+                return 2
+            kw = {"reduce_range": bool(qat["reduce_range"]), "keep_float": list(qat["float_convs"]),
+                  "ranges": qat["ranges"]}
         fp32 = onnx_path.with_name(onnx_path.stem + "_fp32.onnx")
         export_onnx(det, fp32, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
                     nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det, metadata=metadata)
         rep = quantize_int8(fp32, onnx_path, det, calib_data=args.calib_data, calib_images=args.calib_images,
                             method=args.calib_method, check_images=check_images, target=args.int8_target,
                             quant_format=args.int8_format, keep_head_float=not args.int8_head,
-                            reduce_range=args.reduce_range, keep_float=args.int8_keep_float,
-                            log=lambda m: print(m, file=sys.stderr))
-        print(f"wrote {onnx_path} (INT8 {args.int8_format.upper()} for {args.int8_target}, {args.calib_method} "
-              f"calibration on {rep['calib_images']} images; float model {fp32})")
+                            log=lambda m: print(m, file=sys.stderr), **kw)
+        how = (f"the QAT model's {len(qat['ranges'])} trained activation ranges" if qat else
+               f"{args.calib_method} calibration on {rep['calib_images']} images")
+        print(f"wrote {onnx_path} (INT8 {args.int8_format.upper()} for {args.int8_target}, {how}; float model {fp32})")
         if "scan" in rep:
             sc = rep["scan"]
             scan_json = onnx_path.with_name(onnx_path.stem + "_scan.json")

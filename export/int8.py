@@ -112,7 +112,7 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
                   op_types: Sequence[str] | None = None, activations: str | None = None,
                   per_channel: bool = True, reduce_range: bool = False, keep_float: str | Sequence[str] = "none",
                   scan_images: int = 32, check_images: np.ndarray | None = None, seed: int = 0,
-                  log=None) -> dict:
+                  ranges: dict | None = None, log=None) -> dict:
     """Quantize an exported float32 ONNX graph to INT8 and check it.
 
     calib_data: image dir / .txt list / dataset YAML (its `val`, else `train`; letterboxed to the graph's
@@ -125,6 +125,9 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     x86 CPUs without VNNI where U8S8 products can saturate. keep_float: body convs (with their SiLU) left in float:
     'none', 'auto' (the per-layer sensitivity scan: `sensitivity_scan`, on `scan_images` calibration images),
     or conv paths ('model_2/cv1', as `conv_units` names them). log: a callable for the scan's progress.
+    ranges: activation ranges {tensor: (lo, hi)} from quantization-aware training (`yolojax.model.quant`, a QAT
+    checkpoint's meta['qat']['ranges']): used as they are instead of calibrating (calib_data then only supplies
+    the check images), so the INT8 graph rounds exactly where and how the QAT model did; cpu target, minmax.
 
     Returns {'path', 'calib_images', 'method', 'target', 'format', 'activation_type', 'op_types',
     'quantized_convs', 'float_convs', 'qdq_nodes', 'size_mb', 'float_size_mb', 'checker', 'unsupported_ops',
@@ -173,7 +176,9 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
             raise CalibrationDataError(f"calibration array must be [N>0,{h},{w},3], got {imgs.shape}")
     else:
         # absolute: a dataset YAML without `path` resolves its splits against its own folder
-        imgs = load_images(Path(calib_data).absolute(), (h, w), calib_images, seed=seed)
+        # with QAT ranges the images only serve the closeness check
+        imgs = load_images(Path(calib_data).absolute(), (h, w), calib_images if ranges is None else
+                           min(calib_images, 8), seed=seed)
     batch = dims[0] if dims[0] > 0 else 1
     if len(imgs) < batch:
         raise CalibrationDataError(f"{calib_data}: {len(imgs)} calibration image(s), the graph's batch is {batch}")
@@ -195,6 +200,12 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
             raise ValueError(f"keep_float: {unknown[0]!r} is not a quantized conv of this model (e.g. "
                              f"{', '.join(list(units)[:3])}; 'auto' finds them)")
     scan = None
+    if ranges is not None:
+        if target != "cpu" or method != "minmax" or not keep_head_float or activations not in (None, "uint8"):
+            raise ValueError("QAT ranges are for the cpu target's uint8 graph (minmax, head tail float): the model "
+                             "was trained to that rounding")
+        if keep_float == "auto":
+            raise ValueError("keep_float='auto' re-chooses float convs; a QAT model keeps the ones it was trained with")
     with tempfile.TemporaryDirectory(prefix="yolojax-int8-") as work:
         pre = Path(work) / "pre.onnx"
         # the symbolic shape pass is skipped: shapes are static apart from the batch (and it needs sympy)
@@ -205,6 +216,7 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.tmp")
         cache = Path(work) / "ranges.json"  # calibrated once: every variant of the scan reuses the ranges
+        covered = write_range_cache(cache, spec, ranges, onnx.load(str(pre))) if ranges is not None else None
 
         def quantize(dst: Path, floats: Sequence[str] = ()) -> Path:
             reader.rewind()
@@ -225,16 +237,22 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
             keep_float = []
         quantize(tmp_out, keep_float)
     q = onnx.load(str(tmp_out))
+    if covered is not None:
+        stray = sorted({n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"} - covered)
+        if stray:
+            raise ValueError(f"QAT ranges do not cover {len(stray)} tensor(s) the INT8 graph quantizes (e.g. "
+                             f"{stray[0]}): was the model trained with other float convs?")
     onnx.helper.set_model_props(q, {**meta, "int8": "True", "int8_target": target, "int8_format": quant_format,
                                     "int8_activations": preset["activation"], "int8_ops": ",".join(ops),
-                                    "calib_method": method, "calib_images": str(len(imgs)),
+                                    "calib_method": "qat" if ranges is not None else method,
+                                    "calib_images": "0" if ranges is not None else str(len(imgs)),
                                     "int8_float_convs": ",".join(keep_float)})
     onnx.save_model(q, str(tmp_out))
     tmp_out.replace(out)
 
     report: dict[str, Any] = {"path": str(out), "calib_images": int(len(imgs)), "method": method, "target": target,
                               "format": quant_format, "activation_type": preset["activation"], "op_types": list(ops),
-                              "kept_float": list(keep_float)}
+                              "kept_float": list(keep_float), "qat_ranges": ranges is not None}
     if scan is not None:
         report["scan"] = scan
     try:
@@ -284,6 +302,30 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         f"vs float32 on {len(x)} images: box MAE {v['box_mae_px']:.3g} px (max rel to scale {v['box_max_rel']:.3g}), "
         f"score MAE {v['score_mae']:.3g} (max {v['score_max_abs']:.3g})")
     return report
+
+
+def write_range_cache(path: Path, spec, ranges: dict, model: onnx.ModelProto) -> set[str]:
+    """ONNX Runtime's calibration cache (what `quantize_static(calibration_cache_path=)` loads instead of
+    calibrating) holding the given ranges {tensor: (lo, hi) or {'lo', 'hi'}}. Tensors that take their input's
+    quantization in ONNX Runtime (Split parts, MaxPool, Resize) get their input's range; every other tensor of
+    the graph gets an empty range (0, 0). Returns the tensors with a real range."""
+    rs = {k: tuple(float(x) for x in ((v["lo"], v["hi"]) if isinstance(v, dict) else v)) for k, v in ranges.items()}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for t in [model.graph.input[0].name] + [o for n in model.graph.node for o in n.output]:
+        r, cur = rs.get(t), t
+        while r is None and cur in produced and produced[cur].op_type in ("Split", "MaxPool", "Resize"):
+            cur = produced[cur].input[0]
+            r = rs.get(cur)
+        out[t] = r if r is not None else (0.0, 0.0)  # not rounded by the QAT model: must stay float
+    covered = {t for t in out if t in rs or out[t] != (0.0, 0.0)}
+
+    def arr(v):
+        return {"data": [v], "dtype": "float32", "CLS": "numpy.array"}
+    data = {t: {"lowest": arr(lo), "highest": arr(hi), "CLS": "TensorData"} for t, (lo, hi) in out.items()}
+    path.write_text(json.dumps({"CLS": "TensorsData", "data": data, "smooth_quant": False,
+                                "calibration_method": {"CLS": "CalibrationMethod", "value": "CalibrationMethod.MinMax"}}))
+    return covered
 
 
 def conv_units(spec) -> dict[str, list[str]]:

@@ -64,7 +64,7 @@ def _all_finite(tree) -> jax.Array:
 def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate: int = 1,
                     loss_cfg: LossConfig = LossConfig(), ema_decay: Callable | None = None,
                     extra_loss: ExtraLoss | None = None, dtype: Any = None,
-                    bn_warmup: bool = True) -> Callable:
+                    bn_warmup: bool = True, model: Any = None) -> Callable:
     """train_step(state, batch, teacher) -> (state, metrics), pure; jit it with the shardings you want.
 
     batch: images uint8 [B,S,S,3], boxes [B,M,4] xyxy px, classes [B,M], mask [B,M], ignore [B,M]
@@ -75,8 +75,10 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
     bn_warmup: BN running statistics use a cumulative average over the first 1/(1-momentum) = 33 steps, then
     the usual exponential one. Plain EMA keeps 0.97^t of the initial (mean 0, var 1) for hundreds of steps,
     which breaks eval-mode outputs of short runs (and of fine-tuning a model whose statistics changed).
+    model: what runs the forward (default YOLOv8(spec, dtype)); anything with YOLOv8's `apply`, e.g.
+    `yolojax.model.quant.QATModel` for quantization-aware training.
     """
-    model = YOLOv8(spec, dtype=dtype)
+    model = model if model is not None else YOLOv8(spec, dtype=dtype)
     task_loss = obb_loss if spec.task == "obb" else detection_loss
 
     def train_step(state: TrainState, batch: dict, teacher: Any = None):
@@ -123,12 +125,12 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, accumulate:
 
 
 def make_predict(spec: Spec, *, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
-                 multi_label: bool = True, dtype: Any = None) -> Callable:
+                 multi_label: bool = True, dtype: Any = None, model: Any = None) -> Callable:
     """predict(variables, images uint8|float [B,S,S,3]) -> NMS'd detections (static shapes), jittable:
     boxes [B,max_det,4] xyxy, or for an obb spec [B,max_det,5] (cx,cy,w,h,angle) after rotated NMS (ProbIoU);
-    scores, classes, valid [B,max_det]."""
+    scores, classes, valid [B,max_det]. model: as make_train_step's."""
 
-    model = YOLOv8(spec, dtype=dtype)
+    model = model if model is not None else YOLOv8(spec, dtype=dtype)
 
     def predict(variables, images):
         if images.dtype == jnp.uint8:

@@ -187,6 +187,7 @@ class Trainer:
     teacher: Any = None
     aux: Any = None
     epoch_hooks: tuple = ()
+    model: Any = None                     # the forward (default YOLOv8(spec)); a QATModel for QAT
     progress: bool = True
     note: str = ""
     meta: dict = dataclasses.field(default_factory=dict)
@@ -215,10 +216,12 @@ class Trainer:
         step = make_train_step(self.spec, self.tx, accumulate=self.opt_info["accumulate"],
                                loss_cfg=LossConfig(box=cfg.box, cls=cfg.cls, dfl=cfg.dfl),
                                ema_decay=ema_decay_fn(cfg) if cfg.ema else None, extra_loss=self.extra_loss,
-                               dtype=dtype)
+                               dtype=dtype, model=self.model,
+                               # a QAT model freezes BN: its batch_stats hold the activation ranges' own EMA
+                               bn_warmup=self.model is None)
         self._step = jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
                              out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
-        self._predict = jax.jit(make_predict(self.spec))
+        self._predict = jax.jit(make_predict(self.spec, model=self.model))
         self.state: TrainState = jax.device_put(create_state(self.variables, self.tx, self.aux), self.replicated)
         self.teacher = jax.device_put(self.teacher, self.replicated) if self.teacher is not None else None
         self.epoch, self.best_fitness, self.history = 0, -1.0, []
@@ -263,8 +266,10 @@ class Trainer:
         if not is_primary():
             return self.rundir / which
         self._check_weights(f"{which}/")
-        ckpt.save_model(self.rundir / which, self.spec, jax.device_get(self.state.ema_variables()),
-                        self._meta(metrics=metrics or {}))
+        variables, extra = jax.device_get(self.state.ema_variables()), {}
+        if hasattr(self.model, "split"):  # QAT: float weights, the activation ranges into meta['qat']
+            variables, extra["qat"] = self.model.split(variables)
+        ckpt.save_model(self.rundir / which, self.spec, variables, self._meta(metrics=metrics or {}, **extra))
         return self.rundir / which
 
     def restore(self, directory: Path | None = None) -> None:
