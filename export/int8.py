@@ -311,14 +311,15 @@ def write_range_cache(path: Path, spec, ranges: dict, model: onnx.ModelProto) ->
     the graph gets an empty range (0, 0). Returns the tensors with a real range."""
     rs = {k: tuple(float(x) for x in ((v["lo"], v["hi"]) if isinstance(v, dict) else v)) for k, v in ranges.items()}
     produced = {o: n for n in model.graph.node for o in n.output}
-    out = {}
+    out, covered = {}, set()
     for t in [model.graph.input[0].name] + [o for n in model.graph.node for o in n.output]:
         r, cur = rs.get(t), t
         while r is None and cur in produced and produced[cur].op_type in ("Split", "MaxPool", "Resize"):
             cur = produced[cur].input[0]
             r = rs.get(cur)
         out[t] = r if r is not None else (0.0, 0.0)  # not rounded by the QAT model: must stay float
-    covered = {t for t in out if t in rs or out[t] != (0.0, 0.0)}
+        if r is not None:  # (a dead layer's range is (0, 0) too: ORT and QAT both give it scale 1)
+            covered.add(t)
 
     def arr(v):
         return {"data": [v], "dtype": "float32", "CLS": "numpy.array"}

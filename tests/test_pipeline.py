@@ -18,7 +18,7 @@ def test_compress_end_to_end(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "yolojax.cli", "compress", "--data", str(data), "--model", "tiny-p2",
            "-o", str(run), "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "2", "--epochs-teacher", "1",
-           "--epochs-sparse", "1", "--epochs-finetune", "1", "--bench-runs", "2",
+           "--epochs-sparse", "1", "--epochs-finetune", "1", "--bench-runs", "2", "--qat", "1",
            "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -54,7 +54,15 @@ def test_compress_end_to_end(tmp_path):
     # rerunning skips every finished stage and rewrites the same table
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert r2.stderr.count("done, skipped") == 4
+    assert r2.stderr.count("done, skipped") == 5
+    # --qat: a quantization-aware stage, the INT8 graph with its trained ranges, scored and timed in the report
+    assert (run / "qat" / "DONE.json").exists() and "qat" in yolojax.load(run / "qat" / "last").meta
+    int8 = json.loads((run / "export" / "int8.json").read_text())
+    assert int8["qat_ranges"] and int8["passed"]
+    for key in ("map50", "map50_95", "ort_ms"):
+        assert np.isfinite(report["int8"][key]), key
+    assert report["int8"]["params"] == report["finetuned"]["params"]
+    assert "| QAT, INT8 ONNX (ORT) |" in (run / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -82,6 +82,13 @@ class CompressConfig:
     # search prunes further by `policy` only if that does not reach the budget
     prune_below: float | None = 1e-2
     distill: str = "cwd"              # cwd | sad | logit | cwd+logit | none
+    # Quantization-aware fine-tuning after the fine-tune (0: none): this many epochs of distillation with the INT8
+    # graph's rounding simulated (yolojax/model/quant.py), AdamW at qat_lr, no mosaic; the export stage then also
+    # writes model_int8.onnx with the trained ranges and the report scores it. qat_reduce_range: 7-bit weights
+    # (x86 CPUs without VNNI).
+    qat_epochs: int = 0
+    qat_lr: float = 1e-4
+    qat_reduce_range: bool = False
     export: str = "onnx"              # onnx | none
     bench_runs: int = 30
     seed: int = 0
@@ -285,6 +292,30 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
         _mark_done(d, seconds=round(time.time() - t0, 1))
     timings["finetune"] = _stage_seconds(d, t0)
 
+    # 4b. quantization-aware fine-tuning (optional) ----------------------------------------------------------
+    qat_model = None
+    if cc.qat_epochs > 0:
+        d = rundir / "qat"
+        t0 = time.time()
+        if _done(d):
+            _say("qat: done, skipped")
+        else:
+            from distill.train import distill_finetune
+            from .train.checkpoints import resume_info
+            from .train.config import TrainConfig
+            _say(f"qat: {cc.qat_epochs} epochs of quantization-aware fine-tuning (distillation: {cc.distill}, "
+                 f"{7 if cc.qat_reduce_range else 8}-bit weights)")
+            cfg = TrainConfig(epochs=cc.qat_epochs, batch=cc.batch, imgsz=cc.imgsz, workers=cc.workers,
+                              optimizer="adamw", lr0=cc.qat_lr, lrf=0.1, warmup_epochs=0, mosaic=False,
+                              nbs=cc.nbs, seed=cc.seed)
+            distill_finetune(teacher, finetuned, train, val, cfg, method=cc.distill if cc.distill != "none" else "none",
+                             rundir=d, progress=cc.progress, resume=resume_info(d) is not None, meta=run_meta,
+                             qat=True, qat_reduce_range=cc.qat_reduce_range,
+                             note=f"quantization-aware fine-tuning of {rundir / 'finetune' / 'best'}")
+            _mark_done(d, seconds=round(time.time() - t0, 1))
+        qat_model = load(d / "last")  # no selection on the validation split the report scores
+        timings["qat"] = _stage_seconds(d, t0)
+
     # 5. export --------------------------------------------------------------------------------------
     d = rundir / "export"
     t0 = time.time()
@@ -299,8 +330,18 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
             (d / "check.json").write_text(json.dumps(report, indent=1, default=str))
             if not report["passed"]:
                 raise RuntimeError(f"exported ONNX failed its checks: {report['errors']}")
+            if qat_model is not None:
+                from export.int8 import quantize_int8
+                q32 = export_onnx(qat_model, d / "qat_fp32.onnx", imgsz=cc.imgsz, dynamic=True, metadata=run_meta)
+                qm = qat_model.meta["qat"]
+                check = d / "int8_check_images.txt"  # the ranges are trained: images only for the closeness check
+                check.write_text("".join(f"{r.path}\n" for r in val.records[:8]))
+                rep = quantize_int8(q32, d / "model_int8.onnx", qat_model, calib_data=check, ranges=qm["ranges"],
+                                    keep_float=list(qm["float_convs"]), reduce_range=bool(qm["reduce_range"]))
+                (d / "int8.json").write_text(json.dumps(rep, indent=1, default=str))
             _mark_done(d, onnx=str(onnx_path), seconds=round(time.time() - t0, 1))
-        _say(f"export: {onnx_path} (checked against ONNX Runtime)")
+        _say(f"export: {onnx_path} (checked against ONNX Runtime)"
+             + (f"; {d / 'model_int8.onnx'} (INT8 with the QAT ranges)" if qat_model is not None else ""))
     timings["export"] = _stage_seconds(d, t0)
 
     # 6. report --------------------------------------------------------------------------------------
@@ -310,7 +351,9 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     paths = {"baseline": Path(cc.teacher) if cc.teacher else rundir / "teacher" / "best",
              "sparse": rundir / "sparse" / "model", "pruned": rundir / "pruned", "finetuned": rundir / "finetune" / "best"}
     paths = {k: (p / "variables" if (p / "variables").is_dir() else p) for k, p in paths.items() if p.exists()}
-    report = build_report(cc, rundir, models, val, onnx_path=onnx_path, timings=timings, paths=paths)
+    int8 = (d_int8, qat_model) if qat_model is not None and (d_int8 := rundir / "export" / "model_int8.onnx").exists() \
+        else None
+    report = build_report(cc, rundir, models, val, onnx_path=onnx_path, timings=timings, paths=paths, int8=int8)
     from pruning.sparsity import gamma_stats
     for name, det in models.items():
         report["stages"][name]["gamma_below_1e-2"] = round(gamma_stats(det.variables["params"])["frac_lt_1e-2"], 4)
@@ -535,6 +578,11 @@ def add_compress_args(p) -> None:
                    help="remove channels whose BN |gamma| is below this first (what the sparse stage zeroed)")
     p.add_argument("--distill", default=f["distill"], choices=["cwd", "sad", "logit", "cwd+logit", "none"],
                    help="distillation from the teacher while fine-tuning (none: plain fine-tuning)")
+    p.add_argument("--qat", dest="qat_epochs", type=int, default=f["qat_epochs"], metavar="EPOCHS",
+                   help="quantization-aware fine-tuning epochs after the fine-tune (0: none); the export stage then "
+                        "also writes model_int8.onnx with the trained ranges and the report scores it")
+    p.add_argument("--qat-lr", type=float, default=f["qat_lr"], help="AdamW learning rate of the QAT epochs")
+    p.add_argument("--qat-reduce-range", action="store_true", help="QAT with 7-bit weights (x86 CPUs without VNNI)")
     p.add_argument("--export", default=f["export"], choices=["onnx", "none"], help="export the fine-tuned model")
     p.add_argument("--bench-runs", type=int, default=f["bench_runs"], help="timed runs per model for the latency columns")
     p.add_argument("--synth-images", type=int, default=f["synth_images"], help="built-in synthetic set: number of images")

@@ -129,8 +129,10 @@ def _draw_samples(models: Mapping[str, Any], val, imgsz: int, path: Path, n: int
 
 
 def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path: Path | None,
-                 timings: Mapping[str, float], paths: Mapping[str, Path] | None = None) -> dict:
-    """Evaluate every stage model; returns {'stages': {name: row}, 'plots': {...}, 'machine': ..., ...}."""
+                 timings: Mapping[str, float], paths: Mapping[str, Path] | None = None,
+                 int8: tuple[Path, Any] | None = None) -> dict:
+    """Evaluate every stage model; returns {'stages': {name: row}, 'plots': {...}, 'machine': ..., ...}.
+    int8: (INT8 .onnx, the QAT Detector it came from): an `int8` row scored and timed in ONNX Runtime."""
     from .eval.metrics import plot_pr_curve
     from .model.counting import count_flops, count_macs, count_params
     plots = Path(rundir) / "plots"
@@ -148,6 +150,14 @@ def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path:
         plot_pr_curve(m, plots / "pr_onnx.png", title=f"Precision-Recall: {STAGE_TITLES['onnx']}")
         stages["onnx"] = _row(fin.spec, m, cc.imgsz, count_params, count_flops, count_macs)
         stages["onnx"]["size_mb"] = round(Path(onnx_path).stat().st_size / MB, 3)
+    files = {"onnx": onnx_path} if onnx_path is not None else {}
+    if int8 is not None:
+        path, qdet = int8
+        m = _evaluate(qdet, val, cc.imgsz, predict=onnx_predict(path, qdet.spec), workers=cc.workers)
+        plot_pr_curve(m, plots / "pr_int8.png", title=f"Precision-Recall: {STAGE_TITLES['int8']}")
+        stages["int8"] = _row(qdet.spec, m, cc.imgsz, count_params, count_flops, count_macs)
+        stages["int8"]["size_mb"] = round(Path(path).stat().st_size / MB, 3)
+        files["int8"] = path
 
     # latency: every model in one interleaved run per backend (ratios are what is comparable); the exported
     # .onnx is timed as the file it is (ONNX Runtime only: it has no JAX weights), not given another row's number
@@ -156,9 +166,10 @@ def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path:
     machine = None
     for backend, key in (("jax", "jax"), ("onnxruntime", "ort")):
         cands, labels = [models[n] for n in names], list(names)
-        if backend == "onnxruntime" and "onnx" in stages:
-            cands.append(str(onnx_path))
-            labels.append("onnx")
+        if backend == "onnxruntime":
+            for k, f in files.items():
+                cands.append(str(f))
+                labels.append(k)
         res = benchmark(cands, backend=backend, imgsz=cc.imgsz, batch=1, runs=cc.bench_runs, warmup=3, names=labels,
                         progress=False)
         machine = res["machine"]
@@ -238,7 +249,8 @@ def _row(spec, m: Mapping, imgsz: int, count_params, count_flops, count_macs) ->
 
 
 STAGE_TITLES = {"baseline": "baseline (teacher)", "sparse": "sparsity-trained", "pruned": "pruned, before fine-tune",
-                "finetuned": "pruned + fine-tuned (KD)", "onnx": "exported ONNX (ORT)"}
+                "finetuned": "pruned + fine-tuned (KD)", "onnx": "exported ONNX (ORT)",
+                "int8": "QAT, INT8 ONNX (ORT)"}
 
 
 def _num(v, digits: int) -> str:
