@@ -120,6 +120,11 @@ def fake_quant_weight(w, reduce_range: bool = False):
     return w + jax.lax.stop_gradient(q - w)
 
 
+def _ste_round(x):
+    """round(x) forward, identity backward."""
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
 def _get(tree: Mapping, path: str):
     for p in path.split("/"):
         tree = tree[p]
@@ -157,48 +162,90 @@ def forward(spec: Spec, variables: Mapping, x, *, float_convs: Sequence[str] = (
     x = jnp.asarray(x, jnp.float32)
 
     def q(name: str, v):
+        """Round v to the uint8 grid of its range; returns (value, (scale, zero point) or None)."""
         if name not in sites:
-            return v
+            return v, None
         if observe:
             observed[name] = (jnp.min(v), jnp.max(v))
         if capture is not None:
             capture[name] = v
         if not quantize:
-            return v
+            return v, None
         r = ranges[name]
-        return fake_quant_act(v, r["lo"], r["hi"])
+        return fake_quant_act(v, r["lo"], r["hi"]), qparams(r["lo"], r["hi"])
+
+    def int_conv(n, x, grid, w, b):
+        """ONNX Runtime's QLinearConv: int32 sum of (x_q - zx) * w_q (exact here: integer-valued float32 products
+        summed at full precision), the bias quantized to int32 at scale sx * sw, then requantized to the output's
+        grid with the multiplier sx * sw / sy. The float equivalent rounds the same values differently in the last
+        bit, and in a chain of 8-bit layers such one-step flips spread (measured: a 1e-6 relative change of the
+        weights moves the final scores as much as float vs INT8 does), so the exported graph would score a different
+        draw of rounding noise than the model trained on."""
+        sx, _ = grid
+        qmax = 64.0 if reduce_range else 127.0
+        amax = jnp.max(jnp.abs(w), axis=(0, 1, 2))
+        sw = jax.lax.stop_gradient(jnp.where(amax > 0, amax / qmax, 1.0))
+        xi = _ste_round(x / sx)  # x = (x_q - zx) * sx: the integers x_q - zx
+        wi = jnp.clip(_ste_round(w / sw), -qmax, qmax)
+        k = w.shape[0] // 2
+        acc = jax.lax.conv_general_dilated(xi, wi, (n.s, n.s), ((k, k), (k, k)),
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           precision=jax.lax.Precision.HIGHEST)
+        bs = sx * sw
+        acc = acc + _ste_round(b / bs)
+        c = conv_tensors(n.path)[0]
+        y = acc * bs  # what the float conv on dequantized inputs computes, up to its rounding
+        if observe:
+            observed[c] = (jnp.min(y), jnp.max(y))
+        if capture is not None:
+            capture[c] = y
+        r = ranges[c]
+        sy, zy = qparams(r["lo"], r["hi"])
+        qy = jnp.clip(jnp.round(acc * (bs / sy)) + zy, 0.0, 255.0)
+        lo, hi = (0.0 - zy) * sy, (255.0 - zy) * sy
+        yc = jnp.clip(y, lo, hi)
+        return yc + jax.lax.stop_gradient((qy - zy) * sy - yc), (sy, zy)
 
     vals: list[Any] = []
+    grids: list[Any] = []  # the (scale, zero point) grid each value lies on, or None (float)
     for n in g.nodes:
         ins = [vals[i] for i in n.inputs]
+        grid = None
         if isinstance(n, Input):
-            v = q(INPUT, x)
+            v, grid = q(INPUT, x)
         elif isinstance(n, ConvNode):
             if n.bn:
                 w, b = fold_bn(_get(params, n.path), _get(stats, n.path))
-                if quantize and n.path not in floats:
-                    w = fake_quant_weight(w, reduce_range)
                 c, s, silu = conv_tensors(n.path)
-                y = q(c, _conv(ins[0], w, n.s, b))
-                v = q(silu, y * q(s, jax.nn.sigmoid(y)))
+                if quantize and n.path not in floats:
+                    if grids[n.inputs[0]] is None:  # pragma: no cover - quant_sites quantizes every int8 conv's input
+                        raise AssertionError(f"{n.path}: input not quantized")
+                    y, _ = int_conv(n, ins[0], grids[n.inputs[0]], w, b)
+                else:
+                    y, _ = q(c, _conv(ins[0], w, n.s, b))
+                sig, _ = q(s, jax.nn.sigmoid(y))
+                v, grid = q(silu, y * sig)
             else:  # the head's final 1x1s: float, as exported
                 p = _get(params, n.path)
                 v = _conv(ins[0], p["kernel"], n.s, p["bias"])
         elif isinstance(n, Split):
             v = tuple(jnp.split(ins[0], [sum(n.sizes[:k]) for k in range(1, len(n.sizes))], axis=-1))
+            grid = grids[n.inputs[0]]
         elif isinstance(n, Part):
-            v = ins[0][n.index]
+            v, grid = ins[0][n.index], grids[n.inputs[0]]
         elif isinstance(n, Concat):
-            v = q(n.name, jnp.concatenate(ins, -1))
+            v, grid = q(n.name, jnp.concatenate(ins, -1))
         elif isinstance(n, Add):
-            v = q(n.name, sum(ins[1:], ins[0]))
+            v, grid = q(n.name, sum(ins[1:], ins[0]))
         elif isinstance(n, MaxPool):
-            v = max_pool_same(ins[0], n.k)
+            v, grid = max_pool_same(ins[0], n.k), grids[n.inputs[0]]
         elif isinstance(n, Upsample):
             v = jnp.repeat(jnp.repeat(ins[0], n.factor, axis=1), n.factor, axis=2)
+            grid = grids[n.inputs[0]]
         else:  # pragma: no cover - a node type added to graph.py without teaching this fold
             raise TypeError(f"QAT forward: no rule for {type(n).__name__} ({n.name})")
         vals.append(v)
+        grids.append(grid)
     raw = {r: [vals[lv.output(r)] for lv in g.levels] for r in g.roles}
     preds = decode_head(raw["box"], raw["cls"], raw.get("angle", []),
                         [vals[lv.feature].shape[1:3] for lv in g.levels], g.strides, spec.reg_max)
