@@ -124,6 +124,28 @@ def main(argv=None) -> int:
     return 0
 
 
+# What the 2026-12-02 run showed (numbers from results/qat.json; rewrite when rerun)
+NOTES = [
+    "- **The JAX QAT model scores what its exported INT8 graph scores**: 7-bit weights 0.9164 / 0.5463 in JAX vs "
+    "0.9165 / 0.5462 in ONNX Runtime (mAP50 / mAP50-95, +0.01 / -0.01 points); 8-bit weights 0.9158 / 0.5476 vs "
+    "0.9154 / 0.5484 (-0.04 / +0.08), although on this AVX2 machine ORT's 8-bit kernels saturate int16 pair sums "
+    "and run a slightly different graph. Goal 0.2 points. (With the convs summed in float rather than in integers "
+    "the two were 0.36 / 0.59 points apart: two draws of rounding noise, see docs/export.md.)",
+    "- **QAT does not beat post-training INT8 on this student, because PTQ loses nothing measurable here**: PTQ of "
+    "the student as trained is +0.10 (8-bit) / +0.10 (7-bit) mAP50 against its float32; QAT's INT8 is -0.23 "
+    "(7-bit) / -0.35 (8-bit) against the QAT model's own float32, -0.41 / -0.52 against the student's. Every "
+    "difference in this table is within the scoring noise of 80 validation images (one image moves mAP50 by up "
+    "to ~1 point; the float-only control moved -0.09 / -0.78 in five epochs). The issue's goal, INT8 within 1 "
+    "point of float with PTQ defaults or within 0.5 with QAT, holds both ways.",
+    "- The extra epochs at lr 1e-4 do not improve the float model (0.9206 -> 0.919-0.920): the student is "
+    "converged, so QAT here only has to hold accuracy, and it does. Where PTQ does lose (a model with wider "
+    "activation ranges, or 640 px, not measured here: the demo's models are trained at 128 px), QAT is the tool; "
+    "this run shows its machinery is exact, not that it is needed for this model.",
+    "- 8-bit vs 7-bit weights: no measurable mAP difference on either path; on an AVX2-only x86 deploy 7-bit "
+    "(`--reduce-range`, `--qat-reduce-range`) so the INT8 graph runs what its Q/DQ nodes say.",
+]
+
+
 def render(res: dict) -> str:
     mc = res["machine"]
     lines = [f"## Quantization-aware fine-tuning vs post-training INT8 ({res['imgsz']} px, ONNX Runtime)", "",
@@ -141,7 +163,8 @@ def render(res: dict) -> str:
     for r in res["rows"]:
         lines.append(f"| {r['arm']} | {c(r, 'jax_fake_quant')} | {c(r, 'float32')} | {c(r, 'int8_8bit')} | "
                      f"{c(r, 'int8_7bit')} | {r.get('train_seconds', '–')} |")
-    lines += ["", f"Command: `python benchmarks/qat.py` ({res['seconds'] / 60:.0f} min)."]
+    lines += ["", "### What this shows", "", *res.get("notes", NOTES), "",
+              f"Command: `python benchmarks/qat.py` ({res['seconds'] / 60:.0f} min)."]
     return "\n".join(lines) + "\n"
 
 
