@@ -216,7 +216,7 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.tmp")
         cache = Path(work) / "ranges.json"  # calibrated once: every variant of the scan reuses the ranges
-        covered = write_range_cache(cache, spec, ranges, onnx.load(str(pre))) if ranges is not None else None
+        covered = write_range_cache(cache, ranges, onnx.load(str(pre))) if ranges is not None else None
 
         def quantize(dst: Path, floats: Sequence[str] = ()) -> Path:
             reader.rewind()
@@ -304,7 +304,7 @@ def quantize_int8(float_onnx: str | Path, out: str | Path, detector=None, *,
     return report
 
 
-def write_range_cache(path: Path, spec, ranges: dict, model: onnx.ModelProto) -> set[str]:
+def write_range_cache(path: Path, ranges: dict, model: onnx.ModelProto) -> set[str]:
     """ONNX Runtime's calibration cache (what `quantize_static(calibration_cache_path=)` loads instead of
     calibrating) holding the given ranges {tensor: (lo, hi) or {'lo', 'hi'}}. Tensors that take their input's
     quantization in ONNX Runtime (Split parts, MaxPool, Resize) get their input's range; every other tensor of

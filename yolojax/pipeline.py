@@ -308,8 +308,7 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
             cfg = TrainConfig(epochs=cc.qat_epochs, batch=cc.batch, imgsz=cc.imgsz, workers=cc.workers,
                               optimizer="adamw", lr0=cc.qat_lr, lrf=0.1, warmup_epochs=0, mosaic=False,
                               nbs=cc.nbs, seed=cc.seed)
-            distill_finetune(teacher, finetuned, train, val, cfg, method=cc.distill if cc.distill != "none" else "none",
-                             rundir=d, progress=cc.progress, resume=resume_info(d) is not None, meta=run_meta,
+            distill_finetune(teacher, finetuned, train, val, cfg, method=cc.distill, rundir=d, progress=cc.progress, resume=resume_info(d) is not None, meta=run_meta,
                              qat=True, qat_reduce_range=cc.qat_reduce_range,
                              note=f"quantization-aware fine-tuning of {rundir / 'finetune' / 'best'}")
             _mark_done(d, seconds=round(time.time() - t0, 1))
@@ -351,8 +350,8 @@ def run_compress(cc: CompressConfig, rundir: str | Path) -> dict:
     paths = {"baseline": Path(cc.teacher) if cc.teacher else rundir / "teacher" / "best",
              "sparse": rundir / "sparse" / "model", "pruned": rundir / "pruned", "finetuned": rundir / "finetune" / "best"}
     paths = {k: (p / "variables" if (p / "variables").is_dir() else p) for k, p in paths.items() if p.exists()}
-    int8 = (d_int8, qat_model) if qat_model is not None and (d_int8 := rundir / "export" / "model_int8.onnx").exists() \
-        else None
+    int8_path = rundir / "export" / "model_int8.onnx"
+    int8 = (int8_path, qat_model) if qat_model is not None and int8_path.exists() else None
     report = build_report(cc, rundir, models, val, onnx_path=onnx_path, timings=timings, paths=paths, int8=int8)
     from pruning.sparsity import gamma_stats
     for name, det in models.items():

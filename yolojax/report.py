@@ -144,20 +144,17 @@ def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path:
         stages[name] = _row(det.spec, m, cc.imgsz, count_params, count_flops, count_macs)
         if paths and name in paths:
             stages[name]["size_mb"] = round(dir_size(paths[name]) / MB, 3)
+    # exported graphs, scored in ONNX Runtime with the same NMS and metrics: {row: (file, the Detector behind it)}
+    files = {}
     if onnx_path is not None:
-        fin = models["finetuned"]
-        m = _evaluate(fin, val, cc.imgsz, predict=onnx_predict(onnx_path, fin.spec), workers=cc.workers)
-        plot_pr_curve(m, plots / "pr_onnx.png", title=f"Precision-Recall: {STAGE_TITLES['onnx']}")
-        stages["onnx"] = _row(fin.spec, m, cc.imgsz, count_params, count_flops, count_macs)
-        stages["onnx"]["size_mb"] = round(Path(onnx_path).stat().st_size / MB, 3)
-    files = {"onnx": onnx_path} if onnx_path is not None else {}
+        files["onnx"] = (onnx_path, models["finetuned"])
     if int8 is not None:
-        path, qdet = int8
-        m = _evaluate(qdet, val, cc.imgsz, predict=onnx_predict(path, qdet.spec), workers=cc.workers)
-        plot_pr_curve(m, plots / "pr_int8.png", title=f"Precision-Recall: {STAGE_TITLES['int8']}")
-        stages["int8"] = _row(qdet.spec, m, cc.imgsz, count_params, count_flops, count_macs)
-        stages["int8"]["size_mb"] = round(Path(path).stat().st_size / MB, 3)
-        files["int8"] = path
+        files["int8"] = int8
+    for name, (path, det) in files.items():
+        m = _evaluate(det, val, cc.imgsz, predict=onnx_predict(path, det.spec), workers=cc.workers)
+        plot_pr_curve(m, plots / f"pr_{name}.png", title=f"Precision-Recall: {STAGE_TITLES[name]}")
+        stages[name] = _row(det.spec, m, cc.imgsz, count_params, count_flops, count_macs)
+        stages[name]["size_mb"] = round(Path(path).stat().st_size / MB, 3)
 
     # latency: every model in one interleaved run per backend (ratios are what is comparable); the exported
     # .onnx is timed as the file it is (ONNX Runtime only: it has no JAX weights), not given another row's number
@@ -167,7 +164,7 @@ def build_report(cc, rundir: Path, models: Mapping[str, Any], val, *, onnx_path:
     for backend, key in (("jax", "jax"), ("onnxruntime", "ort")):
         cands, labels = [models[n] for n in names], list(names)
         if backend == "onnxruntime":
-            for k, f in files.items():
+            for k, (f, _) in files.items():
                 cands.append(str(f))
                 labels.append(k)
         res = benchmark(cands, backend=backend, imgsz=cc.imgsz, batch=1, runs=cc.bench_runs, warmup=3, names=labels,

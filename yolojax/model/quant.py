@@ -101,23 +101,37 @@ def qparams(lo, hi):
     return scale, zp
 
 
+def _uint8(t, zp):
+    """ORT QuantizeLinear of a value already divided by its scale: round half to even, add the zero point, saturate."""
+    return jnp.clip(jnp.round(t) + zp, 0.0, 255.0)
+
+
+def _on_grid(x, q, scale, zp):
+    """The dequantized value (q - zp) * scale forward; x's gradient backward, zero outside the grid (clipped STE)."""
+    xc = jnp.clip(x, (0.0 - zp) * scale, (255.0 - zp) * scale)
+    return xc + jax.lax.stop_gradient((q - zp) * scale - xc)
+
+
 def fake_quant_act(x, lo, hi):
     """x rounded to the uint8 grid of [lo, hi] (ORT QuantizeLinear then DequantizeLinear); clipped STE."""
     scale, zp = qparams(lo, hi)
-    q = jnp.clip(jnp.round(x / scale) + zp, 0.0, 255.0)
-    y = (q - zp) * scale
-    xc = jnp.clip(x, (0.0 - zp) * scale, (255.0 - zp) * scale)
-    return xc + jax.lax.stop_gradient(y - xc)
+    return _on_grid(x, _uint8(x / scale, zp), scale, zp)
+
+
+def _weight_int(w, reduce_range: bool = False):
+    """(integers w_q, scale) of per-output-channel (last axis) symmetric int8 weights: scale max|w| / 127, or
+    max|w| / 64 with reduce_range (ONNX Runtime's reduced range). w_q carries w's gradient (STE)."""
+    qmax = 64.0 if reduce_range else 127.0
+    amax = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)))
+    scale = jax.lax.stop_gradient(jnp.where(amax > 0, amax / qmax, 1.0))
+    return _ste_round(w / scale), scale  # |w / scale| <= qmax: nothing to saturate
 
 
 def fake_quant_weight(w, reduce_range: bool = False):
     """Per-output-channel (last axis, HWIO) symmetric int8 rounding, scale max|w| / 127 (reduce_range: 7 bits,
     max|w| / 64, ONNX Runtime's reduced range); STE."""
-    qmax = 64.0 if reduce_range else 127.0
-    amax = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True)
-    scale = jnp.where(amax > 0, amax / qmax, 1.0)
-    q = jnp.clip(jnp.round(w / scale), -qmax, qmax) * scale
-    return w + jax.lax.stop_gradient(q - w)
+    wi, scale = _weight_int(w, reduce_range)
+    return wi * scale
 
 
 def _ste_round(x):
@@ -161,8 +175,9 @@ def forward(spec: Spec, variables: Mapping, x, *, float_convs: Sequence[str] = (
     observed: dict[str, tuple] = {}
     x = jnp.asarray(x, jnp.float32)
 
-    def q(name: str, v):
-        """Round v to the uint8 grid of its range; returns (value, (scale, zero point) or None)."""
+    def q(name: str, v, exact=None):
+        """Round v to the uint8 grid of its range; returns (value, (scale, zero point) or None). exact: (integer
+        accumulator, its scale) when v is a conv's int32 result (`int_conv`), requantized as QLinearConv does."""
         if name not in sites:
             return v, None
         if observe:
@@ -172,7 +187,9 @@ def forward(spec: Spec, variables: Mapping, x, *, float_convs: Sequence[str] = (
         if not quantize:
             return v, None
         r = ranges[name]
-        return fake_quant_act(v, r["lo"], r["hi"]), qparams(r["lo"], r["hi"])
+        scale, zp = qparams(r["lo"], r["hi"])
+        qi = _uint8(v / scale if exact is None else exact[0] * (exact[1] / scale), zp)
+        return _on_grid(v, qi, scale, zp), (scale, zp)
 
     def int_conv(n, x, grid, w, b):
         """ONNX Runtime's QLinearConv: int32 sum of (x_q - zx) * w_q (exact here: integer-valued float32 products
@@ -182,29 +199,16 @@ def forward(spec: Spec, variables: Mapping, x, *, float_convs: Sequence[str] = (
         weights moves the final scores as much as float vs INT8 does), so the exported graph would score a different
         draw of rounding noise than the model trained on."""
         sx, _ = grid
-        qmax = 64.0 if reduce_range else 127.0
-        amax = jnp.max(jnp.abs(w), axis=(0, 1, 2))
-        sw = jax.lax.stop_gradient(jnp.where(amax > 0, amax / qmax, 1.0))
+        wi, sw = _weight_int(w, reduce_range)
         xi = _ste_round(x / sx)  # x = (x_q - zx) * sx: the integers x_q - zx
-        wi = jnp.clip(_ste_round(w / sw), -qmax, qmax)
         k = w.shape[0] // 2
         acc = jax.lax.conv_general_dilated(xi, wi, (n.s, n.s), ((k, k), (k, k)),
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                            precision=jax.lax.Precision.HIGHEST)
         bs = sx * sw
         acc = acc + _ste_round(b / bs)
-        c = conv_tensors(n.path)[0]
-        y = acc * bs  # what the float conv on dequantized inputs computes, up to its rounding
-        if observe:
-            observed[c] = (jnp.min(y), jnp.max(y))
-        if capture is not None:
-            capture[c] = y
-        r = ranges[c]
-        sy, zy = qparams(r["lo"], r["hi"])
-        qy = jnp.clip(jnp.round(acc * (bs / sy)) + zy, 0.0, 255.0)
-        lo, hi = (0.0 - zy) * sy, (255.0 - zy) * sy
-        yc = jnp.clip(y, lo, hi)
-        return yc + jax.lax.stop_gradient((qy - zy) * sy - yc), (sy, zy)
+        # acc * bs: what the float conv on dequantized inputs computes, up to its rounding
+        return q(conv_tensors(n.path)[0], acc * bs, exact=(acc, bs))
 
     vals: list[Any] = []
     grids: list[Any] = []  # the (scale, zero point) grid each value lies on, or None (float)
